@@ -1,0 +1,1 @@
+"""Export of the step model to ONNX and TensorRT, and quantization."""

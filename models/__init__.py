@@ -1,0 +1,1 @@
+"""Networks, data, training and evaluation (PyTorch). Submodules import torch; this package itself does not."""

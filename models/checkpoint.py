@@ -1,0 +1,64 @@
+"""Checkpoints: the configuration as a plain dict beside the weights, rebuilt by one call.
+
+Class names and feature settings travel inside the file, so a checkpoint alone is enough to run,
+evaluate or export a model; nothing about it has to be repeated on a command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from avbind.models.config import ModelConfig
+from avbind.models.network import AVBindNet
+
+FORMAT_VERSION = 1  # bump when the layout of the saved dict changes
+
+
+def save_checkpoint(
+    path: str | Path, model: AVBindNet, class_names: list[str] | None = None, **extra: object
+) -> Path:
+    """Write config, weights and class names (and any extra training state) to ``path``."""
+    n_classes = model.config.heads.num_classes
+    if class_names is not None and len(class_names) != n_classes:
+        raise ValueError(f"class_names: expected {n_classes} names, got {len(class_names)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "class_names": list(class_names) if class_names is not None else None,
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never leaves a half-written checkpoint
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The raw saved dict (for resuming training); raises with the path on a bad file."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path}: not a readable avbind checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
+        raise ValueError(f"{path}: not an avbind checkpoint (no config/state_dict inside)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format {payload.get('format_version')}, this avbind reads {FORMAT_VERSION}"
+        )
+    return payload
+
+
+def load_model(path: str | Path) -> AVBindNet:
+    """Rebuild the model a checkpoint describes, in eval mode."""
+    payload = load_checkpoint(path)
+    model = AVBindNet(ModelConfig.from_dict(payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    model.class_names = payload.get("class_names")
+    return model.eval()

@@ -1,0 +1,192 @@
+"""Model sizes as frozen dataclasses: every module takes its sizes from here.
+
+This file imports no torch, so the runtime can read and validate a configuration stored in a
+checkpoint or an ONNX file without a training install.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+
+from avbind.realtime.features.log_mel import LogMelSettings
+
+# MobileNetV2's stage table: (expansion t, output channels c, repeats n, first stride s).
+MOBILENET_V2_STAGES: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+MAX_STREAMING_LOOKAHEAD_S = 0.1  # s: the audio window may end at most this far after the frame time
+BACKGROUND = "background"  # name of the extra class every event head predicts
+
+
+@dataclass(frozen=True)
+class VideoDims:
+    """MobileNetV2 with an online temporal shift in the residual branch of its inverted residuals."""
+
+    input_size: int = 160  # pixels; square RGB frames in [0, 1]
+    width_mult: float = 0.5  # scales every stage's channels (rounded to multiples of 8)
+    first_channels: int = 32  # stem conv output before width scaling
+    last_channels: int = 512  # final 1x1 conv; this is the per-frame visual feature size
+    stages: tuple[tuple[int, int, int, int], ...] = MOBILENET_V2_STAGES
+    shift_div: int = 8  # 1/shift_div of a block's input channels come from the previous step
+
+    def __post_init__(self) -> None:
+        if self.input_size % 32:
+            raise ValueError(f"video input_size must be a multiple of 32 (five stride-2 stages), got {self.input_size}")
+        if self.width_mult <= 0:
+            raise ValueError(f"video width_mult must be > 0, got {self.width_mult}")
+        if self.shift_div < 2:
+            raise ValueError(f"video shift_div must be >= 2, got {self.shift_div}")
+
+
+@dataclass(frozen=True)
+class AudioDims:
+    """Audio CNN over a log-mel window, and where that window sits relative to the frame.
+
+    The window is the audio half of the temporal binding window (EPIC-Fusion): it ends
+    ``end_offset_s`` after the frame's timestamp, so streaming latency is bounded by that lookahead,
+    not by the window length.
+    """
+
+    window_frames: int = 96  # log-mel frames per step: 96 hops of 10 ms, about 1 s of audio
+    end_offset_s: float = 0.04  # s; the window ends this long after the frame's time (lookahead)
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # conv stages, each halving time and frequency
+    embed_dim: int = 128  # per-step audio feature size
+
+    def __post_init__(self) -> None:
+        stride = 2 ** len(self.channels)
+        if self.window_frames % stride:
+            raise ValueError(
+                f"audio window_frames must be divisible by 2**len(channels)={stride}, got {self.window_frames}"
+            )
+
+
+@dataclass(frozen=True)
+class FusionDims:
+    """Mid-level fusion per step, then causal temporal aggregation."""
+
+    model_dim: int = 128  # both modalities are projected to this size before fusion
+    bilinear_factor: int = 4  # MFB: latent factors summed per output unit
+    bilinear_dim: int = 64  # MFB output size
+    hidden_dim: int = 192  # GRU state size (the causal temporal aggregation)
+    context_halflife_steps: float = 10.0  # half-life of the running context used by attention
+    dropout: float = 0.1  # training only
+
+    def __post_init__(self) -> None:
+        if self.context_halflife_steps <= 0:
+            raise ValueError(f"context_halflife_steps must be > 0, got {self.context_halflife_steps}")
+
+    @property
+    def context_decay(self) -> float:
+        """Per-step decay of the running context: 0.5 after ``context_halflife_steps`` steps."""
+        return 0.5 ** (1.0 / self.context_halflife_steps)
+
+
+@dataclass(frozen=True)
+class HeadDims:
+    num_classes: int = 10  # event classes, background excluded (the head adds it as the last class)
+    num_verbs: int = 0  # 0 disables the verb/noun heads
+    num_nouns: int = 0
+    verb_noun_dim: int = 128  # size of the mutually gated verb and noun branches
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if (self.num_verbs > 0) != (self.num_nouns > 0):
+            raise ValueError(
+                f"verb and noun heads come together: got num_verbs={self.num_verbs}, num_nouns={self.num_nouns}"
+            )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    video: VideoDims = field(default_factory=VideoDims)
+    audio: AudioDims = field(default_factory=AudioDims)
+    features: LogMelSettings = field(default_factory=LogMelSettings)
+    fusion: FusionDims = field(default_factory=FusionDims)
+    heads: HeadDims = field(default_factory=HeadDims)
+    step_rate_hz: float = 10.0  # model steps per second, independent of the camera's frame rate
+
+    def __post_init__(self) -> None:
+        if self.step_rate_hz <= 0:
+            raise ValueError(f"step_rate_hz must be > 0, got {self.step_rate_hz}")
+        if self.audio.end_offset_s > MAX_STREAMING_LOOKAHEAD_S:
+            raise ValueError(
+                f"audio end_offset_s={self.audio.end_offset_s} s exceeds the streaming lookahead limit "
+                f"of {MAX_STREAMING_LOOKAHEAD_S} s"
+            )
+
+    @property
+    def audio_window_samples(self) -> int:
+        """Samples spanned by one step's log-mel window."""
+        f = self.features
+        return (self.audio.window_frames - 1) * f.hop + f.window
+
+    @property
+    def audio_window_s(self) -> float:
+        return self.audio_window_samples / self.features.sample_rate
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """Rebuild from :meth:`to_dict` output (checkpoints, ONNX metadata); unknown keys are an error."""
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: type, data: dict):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown configuration keys {unknown}")
+    kwargs = {}
+    for name, value in data.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else known[name].default
+        if is_dataclass(default) and isinstance(value, dict):
+            value = _from_dict(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+CONFIGS: dict[str, ModelConfig] = {
+    # Smallest: for tests and very small machines.
+    "avbind-xs": ModelConfig(
+        name="avbind-xs",
+        video=VideoDims(input_size=96, width_mult=0.35, last_channels=256),
+        audio=AudioDims(window_frames=64, channels=(8, 16, 32, 64), embed_dim=64),
+        fusion=FusionDims(model_dim=64, bilinear_dim=32, hidden_dim=96),
+    ),
+    # Default: trains on CPU in minutes, runs several streams per CPU core pair.
+    "avbind-s": ModelConfig(name="avbind-s"),
+    # The TSM paper's online configuration (MobileNetV2 1.0 at 224 px) with 128 mels.
+    "avbind-m": ModelConfig(
+        name="avbind-m",
+        video=VideoDims(input_size=224, width_mult=1.0, last_channels=1280),
+        audio=AudioDims(channels=(16, 32, 64, 128), embed_dim=256),
+        features=LogMelSettings(n_mels=128),
+        fusion=FusionDims(model_dim=256, bilinear_dim=128, hidden_dim=384),
+    ),
+}
+DEFAULT_CONFIG = "avbind-s"
+
+
+def get_config(name: str = DEFAULT_CONFIG, **heads: int) -> ModelConfig:
+    """A named configuration, optionally with the head sizes of a data set."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model configuration {name!r}; choose one of {sorted(CONFIGS)}")
+    config = CONFIGS[name]
+    return replace(config, heads=replace(config.heads, **heads)) if heads else config

@@ -1,0 +1,1 @@
+"""Realtime engine: sources, buffers, sync, scheduling, backends, post-processing, publishing. Imports no torch."""

@@ -1,0 +1,80 @@
+"""The ``avbind`` command. Each subcommand lives beside the code it drives and registers itself
+through an ``add_cli(subparsers)`` function; this file only assembles them.
+
+Torch-backed subcommands import torch when they run, never at import time, so a deployment with
+only ONNX Runtime installed still gets a working ``avbind``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+
+
+def _version() -> str:
+    try:
+        return version("avbind")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _require_torch(command: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        sys.exit(f"avbind {command} needs PyTorch: pip install 'avbind[train]' (torch 2.13.0 CPU works)")
+
+
+def _models(args: argparse.Namespace) -> int:
+    _require_torch("models")
+    from avbind.models.config import CONFIGS, DEFAULT_CONFIG
+    from avbind.models.summary import summarize
+
+    names = args.names or list(CONFIGS)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        sys.exit(f"avbind models: unknown configuration(s) {unknown}; choose from {sorted(CONFIGS)}")
+    summaries = [summarize(CONFIGS[n]) for n in names]
+    if args.json:
+        print(json.dumps([{**asdict(s), "state_bytes": s.state_bytes} for s in summaries], indent=2))
+        return 0
+    header = f"{'model':<12}{'params':>9}{'MACs/step':>11}{'state':>24}{'input':>8}{'mels':>6}{'audio':>8}{'steps':>8}"
+    print(header)
+    for s in summaries:
+        star = "*" if s.name == DEFAULT_CONFIG else " "
+        state = f"{s.state_tensors} tensors {s.state_bytes / 1024:.1f} KiB"
+        print(
+            f"{s.name + star:<12}{s.parameters / 1e6:>8.2f}M{s.macs_per_step / 1e6:>10.1f}M{state:>24}"
+            f"{s.input_size:>6}px{s.n_mels:>6}{s.audio_window_s:>7.2f}s{s.step_rate_hz:>6.0f}/s"
+        )
+    print("* default. MACs and state are per stream and step; state is float32.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avbind", description="Real-time audio-visual event recognition."
+    )
+    parser.add_argument("--version", action="version", version=f"avbind {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    models = sub.add_parser("models", help="list model configurations with parameters, MACs per step and state size")
+    models.add_argument("names", nargs="*", help="configurations to show (default: all)")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(func=_models)
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,1 @@
+"""Feature extraction shared by serving and training (numpy only)."""
