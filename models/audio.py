@@ -7,8 +7,9 @@ computed once each, incrementally, by :mod:`avbind.realtime.features.log_mel`.
 from __future__ import annotations
 
 import torch
-from avbind.models.config import AudioDims
 from torch import nn
+
+from avbind.models.config import AudioDims
 
 
 class AudioEncoder(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from avbind.models.config import ModelConfig
 from avbind.models.network import AVBindNet
 

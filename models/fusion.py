@@ -17,8 +17,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from avbind.models.config import FusionDims
 from torch import nn
+
+from avbind.models.config import FusionDims
 
 
 def running_mean_update(

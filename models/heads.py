@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from avbind.models.config import HeadDims
 from torch import nn
+
+from avbind.models.config import HeadDims
 
 
 class VerbNounHead(nn.Module):

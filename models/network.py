@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from avbind.models.audio import AudioEncoder
 from avbind.models.config import ModelConfig
 from avbind.models.fusion import TemporalFusion
 from avbind.models.heads import Heads
 from avbind.models.video import VideoBackbone
-from torch import nn
 
 VIDEO, AUDIO = 0, 1  # columns of the modality mask
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from avbind.models.config import ModelConfig
 from avbind.models.network import AVBindNet
-from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
 from avbind.models.config import VideoDims
 from avbind.models.temporal_shift import shift_clip, shift_step
-from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, for inputs scaled to [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)

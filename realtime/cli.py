@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("names", nargs="*", help="configurations to show (default: all)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(func=_models)
+
+    from avbind.models.data import avsynth  # numpy, PyAV and OpenCV only: no torch
+
+    data = sub.add_parser("data", help="make or inspect training data")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    avsynth.add_cli(data_sub)
     return parser
 
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from avbind.realtime.features.log_mel import LogMelSettings, LogMelStream, log_mel, mel_filters
 
 torch = pytest.importorskip("torch")

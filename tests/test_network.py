@@ -7,53 +7,24 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from avbind_testing import calibrated_model, random_clip  # noqa: E402
+
 from avbind.models.config import get_config  # noqa: E402
 from avbind.models.network import AVBindNet, InputShapeError  # noqa: E402
 
 TOLERANCE = 1e-5  # float32, max abs difference
 
 
-@torch.no_grad()
-def _calibrate_batchnorm(model: AVBindNet, seed: int) -> None:
-    """Give BatchNorm running statistics measured on data, as a trained model has.
-
-    With fresh statistics (mean 0, var 1) the activations of a randomly initialised MobileNet shrink
-    about tenfold per stage in eval mode, so every output would be nearly constant and a parity
-    test would pass for the wrong reason.
-    """
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    for i in range(3):
-        frames, log_mels = _clip(model, 2, 4, seed=seed + i)
-        model(frames, log_mels)
-    model.eval()
-
-
-def _calibrated_model(config) -> AVBindNet:
-    torch.manual_seed(0)
-    net = AVBindNet(config)
-    _calibrate_batchnorm(net, seed=1000)
-    return net
-
-
 # The default model, and a small one with the optional verb/noun heads.
 @pytest.fixture(scope="module", params=["avbind-s", "avbind-xs-verbnoun"])
 def model(request) -> AVBindNet:
     if request.param == "avbind-xs-verbnoun":
-        return _calibrated_model(get_config("avbind-xs", num_verbs=5, num_nouns=7))
-    return _calibrated_model(get_config(request.param))
+        return calibrated_model(get_config("avbind-xs", num_verbs=5, num_nouns=7))
+    return calibrated_model(get_config(request.param))
 
 
 def _clip(model: AVBindNet, batch: int, time: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    c = model.config
-    size = c.video.input_size
-    frames = torch.rand(batch, time, 3, size, size, generator=g)
-    log_mels = torch.randn(batch, time, c.audio.window_frames, c.features.n_mels, generator=g) * 3 - 6
-    return frames, log_mels
+    return random_clip(model, batch, time, seed)
 
 
 def _run_steps(model, frames, log_mels, mask=None, state=None):
@@ -150,7 +121,7 @@ def test_missing_modality_ignores_that_input(model: AVBindNet) -> None:
 
 @torch.no_grad()
 def test_verb_noun_action_scores() -> None:
-    model = _calibrated_model(get_config("avbind-xs", num_verbs=5, num_nouns=7))
+    model = calibrated_model(get_config("avbind-xs", num_verbs=5, num_nouns=7))
     counts = torch.arange(35, dtype=torch.float32).view(5, 7)
     model.heads.verb_noun.set_prior(counts)
     frames, mels = _clip(model, 2, 3, seed=7)

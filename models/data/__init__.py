@@ -1,0 +1,1 @@
+"""Training data: synthetic and on-disk audio-visual event data sets."""
