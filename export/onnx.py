@@ -61,8 +61,8 @@ def model_info(
         features=model.config.features,
         avbind_version=_avbind_version(),
         precision=precision,
-        verb_names=tuple(verb_names or ()),
-        noun_names=tuple(noun_names or ()),
+        verb_names=tuple(verb_names or model.verb_names or ()),
+        noun_names=tuple(noun_names or model.noun_names or ()),
     )
 
 

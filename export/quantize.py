@@ -20,6 +20,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from avbind.models.config import ModelConfig
 from avbind.realtime.backends.model_file import ModelInfo, read_model_info
 from avbind.realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -90,3 +91,21 @@ def quantize_model(
     onnx.save(model, str(int8_path))
     log.info("quantized %s to int8 (%d calibration steps): %s", fp32_path, len(reader), int8_path)
     return read_model_info(int8_path)
+
+
+def avsynth_calibration_streams(data_dir: str | Path, config: ModelConfig, clips: int = 16) -> list[list[StepInputs]]:
+    """Calibration streams from the validation split of an AVE-layout folder (avsynth by default)."""
+    from avbind.models.data.ave import load_ave
+    from avbind.models.data.steps import prepare_dataset
+
+    dataset = load_ave(data_dir, "val")
+    videos = prepare_dataset(dataset, config, Path(data_dir) / ".avbind-cache", progress=False)[:clips]
+    streams = []
+    for video in videos:
+        inputs = video.step_inputs(0, len(video.labels), config)
+        ones = np.ones((1, 2), np.float32)
+        streams.append([
+            {"frame": inputs["frame"][i : i + 1], "log_mel": inputs["log_mel"][i : i + 1], "modality_mask": ones}
+            for i in range(len(video.labels))
+        ])
+    return streams

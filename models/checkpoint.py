@@ -19,8 +19,12 @@ FORMAT_VERSION = 1  # bump when the layout of the saved dict changes
 def save_checkpoint(
     path: str | Path, model: AVBindNet, class_names: list[str] | None = None, **extra: object
 ) -> Path:
-    """Write config, weights and class names (and any extra training state) to ``path``."""
+    """Write config, weights and names (and any extra training state) to ``path``.
+
+    Names default to the model's own (``model.class_names`` etc.).
+    """
     n_classes = model.config.heads.num_classes
+    class_names = class_names if class_names is not None else model.class_names
     if class_names is not None and len(class_names) != n_classes:
         raise ValueError(f"class_names: expected {n_classes} names, got {len(class_names)}")
     path = Path(path)
@@ -29,6 +33,8 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "config": model.config.to_dict(),
         "class_names": list(class_names) if class_names is not None else None,
+        "verb_names": model.verb_names,
+        "noun_names": model.noun_names,
         "state_dict": model.state_dict(),
         **extra,
     }
@@ -62,4 +68,6 @@ def load_model(path: str | Path) -> AVBindNet:
     model = AVBindNet(ModelConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model.class_names = payload.get("class_names")
+    model.verb_names = payload.get("verb_names")
+    model.noun_names = payload.get("noun_names")
     return model.eval()

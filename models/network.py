@@ -52,7 +52,10 @@ class AVBindNet(nn.Module):
         self.audio = AudioEncoder(config.audio, config.features.n_mels)
         self.fusion = TemporalFusion(config.video.last_channels, config.audio.embed_dim, config.fusion)
         self.heads = Heads(config.fusion.hidden_dim, config.heads)
-        self.class_names: list[str] | None = None  # event class names, set from a checkpoint
+        # Names travel with the weights (checkpoints, ONNX metadata); None until set from data.
+        self.class_names: list[str] | None = None  # event classes, background excluded
+        self.verb_names: list[str] | None = None
+        self.noun_names: list[str] | None = None
 
     # ----- state -----
 
@@ -125,13 +128,16 @@ class AVBindNet(nn.Module):
         log_mels: torch.Tensor,
         modality_mask: torch.Tensor | None = None,
         state: list[torch.Tensor] | None = None,
+        return_features: bool = False,
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """Clip form over T steps of N streams, starting from ``state`` (zeros if None).
 
         frames: (N, T, 3, H, W); log_mels: (N, T, window_frames, n_mels); modality_mask: (N, T, 2).
         The CNNs run on all N*T inputs at once; the fusion and GRU then run step by step (they are
         small), which is exactly the step form's computation.
-        Returns outputs of shape (N, T, ...) and the state after the last step.
+        Returns outputs of shape (N, T, ...) and the state after the last step; with
+        ``return_features`` also the per-step encoder outputs "video_features" and "audio_features"
+        (for training-time auxiliary losses).
         """
         check_input("frames", frames, ("batch", "time", *self._frame_shape()))
         n, t = frames.shape[:2]
@@ -153,4 +159,6 @@ class AVBindNet(nn.Module):
             )
             per_step.append({**self.heads(hidden), "relevance": relevance})
         outputs = {name: torch.stack([o[name] for o in per_step], dim=1) for name in self.output_names()}
+        if return_features:
+            outputs.update(video_features=video, audio_features=audio)
         return outputs, [*shift_state, *fusion_state]

@@ -13,6 +13,7 @@ import logging
 import sys
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 
 def _version() -> str:
@@ -55,6 +56,40 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from avbind.realtime.bench import format_bench, run_bench, write_report
+
+    model, int8, checkpoint = args.model, args.int8, args.checkpoint
+    if model is None:
+        from avbind.models.weights import shipped
+
+        model = shipped(".onnx")
+        int8 = int8 or _optional(lambda: shipped(".int8.onnx"))
+        if checkpoint is None and not args.no_torch:
+            checkpoint = _optional(lambda: shipped(".pt")) if _has_torch() else None
+    report = run_bench(model, int8, checkpoint, batches=tuple(args.batch), steps=args.steps, threads=args.threads)
+    print(format_bench(report))
+    if args.out:
+        write_report(report, args.out)
+        print(f"JSON: {args.out}")
+    return 0
+
+
+def _optional(get):
+    try:
+        return get()
+    except FileNotFoundError:
+        return None
+
+
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avbind", description="Real-time audio-visual event recognition."
@@ -73,6 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="make or inspect training data")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     avsynth.add_cli(data_sub)
+
+    from avbind.export.commands import add_export_cli
+    from avbind.models.commands import add_eval_cli, add_train_cli
+
+    add_train_cli(sub)
+    add_eval_cli(sub)
+    add_export_cli(sub)
+
+    bench = sub.add_parser("bench", help="per-step latency of each backend against baselines (JSON out)")
+    bench.add_argument("--model", type=Path, help="fp32 ONNX model (default: the shipped avbind-s)")
+    bench.add_argument("--int8", type=Path, help="int8 QDQ ONNX model to compare (default: the shipped one)")
+    bench.add_argument("--checkpoint", type=Path, help="checkpoint for the PyTorch eager baseline")
+    bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    bench.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="streams per call to time")
+    bench.add_argument("--steps", type=int, default=200, help="timed steps per figure")
+    bench.add_argument("--threads", type=int, default=0, help="intra-op threads (0: one per core)")
+    bench.add_argument("--out", type=Path, help="write the JSON report here")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -1,0 +1,242 @@
+"""Supervised training on per-segment labels, with the clip form of the network.
+
+The clip form uses the same uni-directional shift and causal fusion as the step form, so the
+trained weights run online unchanged. Modality dropout (whole crops with the camera or the
+microphone masked) teaches the model what to do when one input is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avbind.models.checkpoint import load_checkpoint, load_model, save_checkpoint
+from avbind.models.config import ModelConfig, TrainConfig, get_config
+from avbind.models.data.ave import AveDataset, load_ave
+from avbind.models.data.steps import IGNORE, PreparedVideo, prepare_dataset
+from avbind.models.network import AUDIO, VIDEO, AVBindNet
+
+log = logging.getLogger(__name__)
+
+
+class AuxiliaryHeads(torch.nn.Module):
+    """Training-only classifiers on each encoder's own features (not part of the exported model).
+
+    Supervision otherwise reaches the encoders only through fusion, GRU and heads; a direct signal
+    per modality ("which event is this, from the picture alone / the sound alone") makes each
+    encoder learn its own cues (motion direction, chirp direction) several times faster.
+    """
+
+    def __init__(self, model: AVBindNet) -> None:
+        super().__init__()
+        c = model.config
+        self.video = torch.nn.Linear(c.video.last_channels, c.heads.num_classes)
+        self.audio = torch.nn.Linear(c.audio.embed_dim, c.heads.num_classes)
+
+    def loss(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor, mask: torch.Tensor,
+             background: int) -> torch.Tensor:
+        """Cross-entropy on event steps where that modality is present."""
+        total = outputs["video_features"].new_zeros(())
+        for head, features, column in ((self.video, outputs["video_features"], VIDEO),
+                                       (self.audio, outputs["audio_features"], AUDIO)):
+            keep = (labels != background) & (mask[..., column] > 0)
+            if keep.any():
+                total = total + F.cross_entropy(head(features[keep]), labels[keep])
+        return total
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint needs beyond the weights to resume exactly."""
+
+    epoch: int = 0  # completed epochs
+    history: list[dict] = field(default_factory=list)
+
+
+def build_model(config: ModelConfig, dataset: AveDataset) -> AVBindNet:
+    heads = {"num_classes": len(dataset.class_names)}
+    if dataset.class_verb_noun:
+        heads.update(num_verbs=len(dataset.verbs), num_nouns=len(dataset.nouns))
+    config = replace(config, heads=replace(config.heads, **heads))
+    model = AVBindNet(config)
+    model.class_names = list(dataset.class_names)
+    model.verb_names = list(dataset.verbs) or None
+    model.noun_names = list(dataset.nouns) or None
+    return model
+
+
+def _crop_batches(
+    videos: list[PreparedVideo], train: TrainConfig, config: ModelConfig, rng: np.random.Generator
+):
+    """Yield (inputs, targets) batches of random crops; all randomness comes from ``rng``."""
+    floor_value = float(np.log(config.features.log_floor))
+    crops = [(i, int(rng.integers(0, len(v.labels) - train.crop_steps + 1)))
+             for i, v in enumerate(videos) for _ in range(train.crops_per_video)]
+    order = rng.permutation(len(crops))
+    for b in range(0, len(order) - train.batch_size + 1, train.batch_size):
+        picked = [crops[j] for j in order[b : b + train.batch_size]]
+        frames, mels, labels, verbs, nouns = [], [], [], [], []
+        for i, start in picked:
+            v, stop = videos[i], start + train.crop_steps
+            frames.append(v.frames[start:stop])
+            mels.append(v.windows(start, stop, config.audio.window_frames, floor_value))
+            labels.append(v.labels[start:stop])
+            verbs.append(v.verbs[start:stop])
+            nouns.append(v.nouns[start:stop])
+        mask = np.ones((len(picked), train.crop_steps, 2), np.float32)
+        draw = rng.random(len(picked))
+        mask[draw < train.drop_audio, :, AUDIO] = 0.0
+        mask[(draw >= train.drop_audio) & (draw < train.drop_audio + train.drop_video), :, VIDEO] = 0.0
+        if "audio" not in train.modalities:
+            mask[:, :, AUDIO] = 0.0
+            mask[:, :, VIDEO] = 1.0
+        if "video" not in train.modalities:
+            mask[:, :, VIDEO] = 0.0
+            mask[:, :, AUDIO] = 1.0
+        frames_t = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float().div_(255.0)  # (B, T, 3, S, S)
+        yield (
+            frames_t,
+            torch.from_numpy(np.stack(mels)),
+            torch.from_numpy(mask),
+        ), (torch.from_numpy(np.stack(labels)), torch.from_numpy(np.stack(verbs)), torch.from_numpy(np.stack(nouns)))
+
+
+def compute_loss(
+    model: AVBindNet, outputs: dict[str, torch.Tensor], targets: tuple[torch.Tensor, ...], train: TrainConfig,
+    aux: AuxiliaryHeads | None = None, mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    labels, verbs, nouns = targets
+    background = model.config.heads.num_classes
+    event = F.cross_entropy(outputs["event_logits"].flatten(0, 1), labels.flatten())
+    relevance = F.binary_cross_entropy(outputs["relevance"].flatten(), (labels != background).float().flatten())
+    loss = event + train.relevance_weight * relevance
+    parts = {"event": event.item(), "relevance": relevance.item()}
+    if aux is not None and train.auxiliary_weight:
+        auxiliary = aux.loss(outputs, labels, mask, background)
+        loss = loss + train.auxiliary_weight * auxiliary
+        parts["auxiliary"] = auxiliary.item()
+    if "verb_logits" in outputs and (verbs != IGNORE).any():
+        verb = F.cross_entropy(outputs["verb_logits"].flatten(0, 1), verbs.flatten(), ignore_index=IGNORE)
+        noun = F.cross_entropy(outputs["noun_logits"].flatten(0, 1), nouns.flatten(), ignore_index=IGNORE)
+        loss = loss + train.verb_noun_weight * (verb + noun)
+        parts.update(verb=verb.item(), noun=noun.item())
+    return loss, parts
+
+
+def set_action_prior(model: AVBindNet, dataset: AveDataset, videos: list[PreparedVideo]) -> None:
+    """Verb-noun co-occurrence counted over the training steps (SAOA's action prior)."""
+    if model.heads.verb_noun is None:
+        return
+    counts = torch.zeros(len(dataset.verbs), len(dataset.nouns))
+    for v in videos:
+        keep = v.verbs != IGNORE
+        np.add.at(counts.numpy(), (v.verbs[keep], v.nouns[keep]), 1.0)
+    model.heads.verb_noun.set_prior(counts, smoothing=0.0 if counts.sum() else 1.0)
+
+
+def train(
+    data_dir: str | Path, out_dir: str | Path, train_config: TrainConfig | None = None,
+    resume: bool = False, progress: bool = True, cache_dir: str | Path | None = None,
+    stop_after: int | None = None,
+) -> Path:
+    """Train on the AVE-layout folder ``data_dir``; write ``out_dir/last.pt`` after every epoch.
+
+    ``stop_after`` ends this call after that many epochs (a time-sliced run, continued later with
+    ``resume``); the result is then ``last.pt`` and no ``model.pt`` is written yet.
+    """
+    from tqdm import tqdm
+
+    tc = train_config or TrainConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(tc.seed)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    dataset = load_ave(data_dir, "train")
+    model = build_model(get_config(tc.model), dataset)
+    config = model.config
+    videos = prepare_dataset(dataset, config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)
+    if any(len(v.labels) < tc.crop_steps for v in videos):
+        raise ValueError(f"crop_steps={tc.crop_steps} is longer than a training video")
+    set_action_prior(model, dataset, videos)
+    model = model.to(memory_format=torch.channels_last)  # measured ~1.6x faster MobileNet training on CPU
+
+    batches_per_epoch = len(videos) * tc.crops_per_video // tc.batch_size
+    total = batches_per_epoch * tc.epochs
+    aux = AuxiliaryHeads(model)
+    optimizer = torch.optim.AdamW([*model.parameters(), *aux.parameters()], lr=tc.lr, weight_decay=tc.weight_decay)
+    warmup = max(1, int(total * tc.warmup_fraction))
+
+    def lr_at(i: int) -> float:
+        if i < warmup:
+            return tc.lr * (i + 1) / warmup
+        return tc.lr * 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(total - warmup, 1)))
+
+    state = TrainState()
+    last = out_dir / "last.pt"
+    if resume and last.is_file():
+        payload = load_checkpoint(last)
+        if payload.get("train_config") != _jsonable(tc):
+            raise ValueError(f"{last}: was trained with different settings; resume with the same ones")
+        model.load_state_dict(payload["state_dict"])
+        aux.load_state_dict(payload["auxiliary_heads"])
+        optimizer.load_state_dict(payload["optimizer"])
+        state = TrainState(**payload["train_state"])
+        log.info("resuming from %s after epoch %d", last, state.epoch)
+
+    last_epoch = tc.epochs if stop_after is None else min(tc.epochs, state.epoch + stop_after)
+    for epoch in range(state.epoch, last_epoch):
+        model.train()
+        aux.train()
+        rng = np.random.default_rng([tc.seed, epoch])  # per-epoch stream: resuming replays the same crops
+        torch.manual_seed(tc.seed * 1000 + epoch)
+        bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", disable=not progress)
+        sums: dict[str, float] = {}
+        started, seen = time.perf_counter(), 0
+        for b, (inputs, targets) in enumerate(_crop_batches(videos, tc, config, rng)):
+            step = epoch * batches_per_epoch + b
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            frames, mels, mask = inputs
+            outputs, _ = model(frames, mels, mask, return_features=True)
+            loss, parts = compute_loss(model, outputs, targets, tc, aux, mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([*model.parameters(), *aux.parameters()], 5.0)
+            optimizer.step()
+            seen += frames.shape[0] * frames.shape[1]
+            for k, v in {"loss": loss.item(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            rate = seen / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{sums['loss'] / (b + 1):.3f}", steps_s=f"{rate:.0f}")
+            bar.update()
+        bar.close()
+        state.epoch = epoch + 1
+        state.history.append({
+            "epoch": epoch + 1, **{k: v / batches_per_epoch for k, v in sums.items()},
+            "steps_per_s": seen / (time.perf_counter() - started), "seconds": time.perf_counter() - started,
+        })
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in state.history[-1].items()})
+        save_checkpoint(
+            last, model.to(memory_format=torch.contiguous_format), train_config=_jsonable(tc),
+            optimizer=optimizer.state_dict(), auxiliary_heads=aux.state_dict(), train_state=asdict(state),
+        )
+        model = model.to(memory_format=torch.channels_last)
+    if last_epoch < tc.epochs:
+        return last
+    # The deliverable: weights and names without the optimizer, a third of the size.
+    payload = load_checkpoint(last)
+    final = load_model(last)
+    return save_checkpoint(out_dir / "model.pt", final, train_config=payload["train_config"],
+                           train_state=payload["train_state"])
+
+
+def _jsonable(tc: TrainConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(tc).items()}

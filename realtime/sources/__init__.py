@@ -1,0 +1,1 @@
+"""Sources: where timestamped frames and audio come from (files, network streams, devices)."""

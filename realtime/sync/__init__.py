@@ -1,0 +1,1 @@
+"""Sync: which frame and which audio window belong to a step, decided by timestamps alone."""
