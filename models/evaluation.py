@@ -16,9 +16,12 @@ import numpy as np
 import torch
 
 from avbind.models.checkpoint import load_model
-from avbind.models.data.ave import load_ave
+from avbind.models.config import ModelConfig
+from avbind.models.data.ave import AveDataset, load_ave
 from avbind.models.data.steps import IGNORE, PreparedVideo, prepare_dataset
 from avbind.models.network import AVBindNet
+from avbind.realtime.backends import Backend, create_backend
+from avbind.realtime.backends.torch_backend import TorchBackend
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +45,14 @@ def run_clip(model: AVBindNet, video: PreparedVideo, mask: tuple[float, float]) 
     return {k: v[0].numpy() for k, v in outputs.items()}
 
 
-@torch.no_grad()
-def run_stream(model: AVBindNet, video: PreparedVideo, mask: tuple[float, float]) -> dict[str, np.ndarray]:
-    """Online: the step form, one step at a time, state carried."""
-    inputs = video.step_inputs(0, len(video.labels), model.config)
-    state = model.initial_state(1)
-    m = torch.tensor([mask], dtype=torch.float32)
+def run_stream(runner: Backend, video: PreparedVideo, mask: tuple[float, float]) -> dict[str, np.ndarray]:
+    """Online: one step at a time with the state carried, through a backend (PyTorch's step form,
+    ONNX Runtime, TensorRT), exactly as a deployment runs the model."""
+    config = ModelConfig.from_dict(runner.info.config)
+    state = runner.initial_state(1)
     steps = []
-    for i in range(len(video.labels)):
-        out, state = model.step(torch.from_numpy(inputs["frame"][i : i + 1]),
-                                torch.from_numpy(inputs["log_mel"][i : i + 1]), m, state)
-        steps.append(out)
-    return {k: torch.cat([s[k] for s in steps]).numpy() for k in steps[0]}
-
-
-def run_backend_stream(backend, video: PreparedVideo, mask: tuple[float, float]) -> dict[str, np.ndarray]:
-    """Online through a runtime backend (ONNX Runtime, TensorRT): how a deployment runs the model."""
-    from avbind.models.config import ModelConfig
-
-    config = ModelConfig.from_dict(backend.info.config)
-    inputs = video.step_inputs(0, len(video.labels), config)
-    state = backend.initial_state(1)
-    m = np.asarray([mask], dtype=np.float32)
-    steps = []
-    for i in range(len(video.labels)):
-        out, state = backend.step({"frame": inputs["frame"][i : i + 1], "log_mel": inputs["log_mel"][i : i + 1],
-                                   "modality_mask": m}, state)
+    for inputs in video.stream_steps(config, mask):
+        out, state = runner.step(inputs, state)
         steps.append(out)
     return {k: np.concatenate([s[k] for s in steps]) for k in steps[0]}
 
@@ -167,6 +152,17 @@ def save_confusion_png(confusion: list[list[int]], names: list[str], path: str |
     return path
 
 
+def _prepare_split(
+    data_dir: str | Path, split: str, config: ModelConfig, cache_dir: str | Path | None, progress: bool, name: str,
+) -> tuple[AveDataset, list[PreparedVideo], list[str], dict]:
+    """The split's prepared videos, its label names (background last) and the report's header."""
+    dataset = load_ave(data_dir, split)
+    videos = prepare_dataset(dataset, config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)
+    report = {"split": split, "videos": len(videos), "segments": int(sum(len(v.segment_labels) for v in videos)),
+              "model": name, "ablations": {}}
+    return dataset, videos, [*dataset.class_names, "background"], report
+
+
 def evaluate(
     checkpoint: str | Path | AVBindNet, data_dir: str | Path, split: str = "test", out_dir: str | Path | None = None,
     ablations: tuple[str, ...] = tuple(ABLATIONS), streaming: bool = True, progress: bool = True,
@@ -177,13 +173,10 @@ def evaluate(
 
     model = checkpoint if isinstance(checkpoint, AVBindNet) else load_model(checkpoint)
     model.eval()
-    dataset = load_ave(data_dir, split)
+    dataset, videos, names, report = _prepare_split(data_dir, split, model.config, cache_dir, progress,
+                                                    model.config.name)
     if list(dataset.class_names) != list(model.class_names or dataset.class_names):
         raise ValueError(f"{data_dir}: classes {dataset.class_names} differ from the model's {model.class_names}")
-    videos = prepare_dataset(dataset, model.config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)
-    names = [*dataset.class_names, "background"]
-    report: dict = {"split": split, "videos": len(videos), "segments": int(sum(len(v.segment_labels) for v in videos)),
-                    "model": model.config.name, "ablations": {}}
     for ablation in ablations:
         mask = ABLATIONS[ablation]
         outputs = [run_clip(model, v, mask) for v in tqdm(videos, desc=f"{ablation} (clip)", disable=not progress,
@@ -191,8 +184,9 @@ def evaluate(
         result = score(outputs, videos, names)
         entry = {"offline": {k: v for k, v in asdict(result).items() if k != "predictions"}}
         if streaming and ablation == "fusion":
-            streamed = [run_stream(model, v, mask) for v in tqdm(videos, desc="fusion (stream)",
-                                                                  disable=not progress, leave=False)]
+            runner = TorchBackend(model)
+            streamed = [run_stream(runner, v, mask) for v in tqdm(videos, desc="fusion (stream)",
+                                                                   disable=not progress, leave=False)]
             stream_result = score(streamed, videos, names)
             entry["streaming"] = {k: v for k, v in asdict(stream_result).items() if k != "predictions"}
             entry["stream_offline_agreement"] = agreement(result, stream_result)
@@ -214,18 +208,11 @@ def evaluate_model_file(
     """Streaming segment accuracy of an exported model file run by a runtime backend."""
     from tqdm import tqdm
 
-    from avbind.models.config import ModelConfig
-    from avbind.realtime.backends import create_backend
-
     runner = create_backend(model_path, backend)
-    dataset = load_ave(data_dir, split)
-    config = ModelConfig.from_dict(runner.info.config)
-    videos = prepare_dataset(dataset, config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)
-    names = [*dataset.class_names, "background"]
-    report: dict = {"split": split, "videos": len(videos), "segments": int(sum(len(v.segment_labels) for v in videos)),
-                    "model": f"{Path(model_path).name} ({runner.describe()})", "ablations": {}}
+    _, videos, names, report = _prepare_split(data_dir, split, ModelConfig.from_dict(runner.info.config), cache_dir,
+                                              progress, f"{Path(model_path).name} ({runner.describe()})")
     for ablation in ablations:
-        outputs = [run_backend_stream(runner, v, ABLATIONS[ablation])
+        outputs = [run_stream(runner, v, ABLATIONS[ablation])
                    for v in tqdm(videos, desc=ablation, disable=not progress, leave=False)]
         result = score(outputs, videos, names)
         report["ablations"][ablation] = {"streaming": {k: v for k, v in asdict(result).items() if k != "predictions"}}

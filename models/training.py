@@ -76,7 +76,6 @@ def _crop_batches(
     videos: list[PreparedVideo], train: TrainConfig, config: ModelConfig, rng: np.random.Generator
 ):
     """Yield (inputs, targets) batches of random crops; all randomness comes from ``rng``."""
-    floor_value = float(np.log(config.features.log_floor))
     crops = [(i, int(rng.integers(0, len(v.labels) - train.crop_steps + 1)))
              for i, v in enumerate(videos) for _ in range(train.crops_per_video)]
     order = rng.permutation(len(crops))
@@ -85,8 +84,9 @@ def _crop_batches(
         frames, mels, labels, verbs, nouns = [], [], [], [], []
         for i, start in picked:
             v, stop = videos[i], start + train.crop_steps
-            frames.append(v.frames[start:stop])
-            mels.append(v.windows(start, stop, config.audio.window_frames, floor_value))
+            inputs = v.step_inputs(start, stop, config)
+            frames.append(inputs["frame"])
+            mels.append(inputs["log_mel"])
             labels.append(v.labels[start:stop])
             verbs.append(v.verbs[start:stop])
             nouns.append(v.nouns[start:stop])
@@ -100,9 +100,8 @@ def _crop_batches(
         if "video" not in train.modalities:
             mask[:, :, VIDEO] = 0.0
             mask[:, :, AUDIO] = 1.0
-        frames_t = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float().div_(255.0)  # (B, T, 3, S, S)
         yield (
-            frames_t,
+            torch.from_numpy(np.stack(frames)),  # (B, T, 3, S, S)
             torch.from_numpy(np.stack(mels)),
             torch.from_numpy(mask),
         ), (torch.from_numpy(np.stack(labels)), torch.from_numpy(np.stack(verbs)), torch.from_numpy(np.stack(nouns)))

@@ -58,6 +58,16 @@ class PreparedVideo:
             "log_mel": self.windows(start, stop, config.audio.window_frames, floor_value),
         }
 
+    def stream_steps(self, config: ModelConfig, mask: tuple[float, float] = (1.0, 1.0)) -> list[dict[str, np.ndarray]]:
+        """The video as a runtime backend sees it: one batch-of-1 input dict per step, in order."""
+        inputs = self.step_inputs(0, len(self.labels), config)
+        modality_mask = np.asarray([mask], dtype=np.float32)
+        return [
+            {"frame": inputs["frame"][i : i + 1], "log_mel": inputs["log_mel"][i : i + 1],
+             "modality_mask": modality_mask}
+            for i in range(len(self.labels))
+        ]
+
 
 def step_audio(media: DecodedMedia, times: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """The clip's log-mel (K, n_mels) and each step's first window frame (T,): the binding window rule."""
