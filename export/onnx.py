@@ -101,9 +101,7 @@ def export_model(
     proto = program.model_proto
     if simplify:
         proto = _simplify(proto)
-    del proto.metadata_props[:]
-    for key, value in info.to_metadata().items():
-        proto.metadata_props.add(key=key, value=value)
+    info.write_metadata(proto)
     onnx.checker.check_model(proto, full_check=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     onnx.save(proto, str(tmp))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +84,7 @@ def quantize_model(
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
     model = onnx.load(str(int8_path))
-    del model.metadata_props[:]
-    metadata = info.to_metadata()
-    metadata["avbind.precision"] = "int8"
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
+    replace(info, precision="int8").write_metadata(model)
     onnx.save(model, str(int8_path))
     log.info("quantized %s to int8 (%d calibration steps): %s", fp32_path, len(reader), int8_path)
     return read_model_info(int8_path)
@@ -100,12 +97,4 @@ def avsynth_calibration_streams(data_dir: str | Path, config: ModelConfig, clips
 
     dataset = load_ave(data_dir, "val")
     videos = prepare_dataset(dataset, config, Path(data_dir) / ".avbind-cache", progress=False)[:clips]
-    streams = []
-    for video in videos:
-        inputs = video.step_inputs(0, len(video.labels), config)
-        ones = np.ones((1, 2), np.float32)
-        streams.append([
-            {"frame": inputs["frame"][i : i + 1], "log_mel": inputs["log_mel"][i : i + 1], "modality_mask": ones}
-            for i in range(len(video.labels))
-        ])
-    return streams
+    return [video.stream_steps(config) for video in videos]

@@ -110,6 +110,12 @@ class ModelInfo:
         }
         return {KEY + k: v for k, v in values.items()}
 
+    def write_metadata(self, proto: object) -> None:
+        """Replace an ``onnx.ModelProto``'s metadata_props with this description."""
+        del proto.metadata_props[:]
+        for key, value in self.to_metadata().items():
+            proto.metadata_props.add(key=key, value=value)
+
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], path: Path | None = None) -> ModelInfo:
         where = f"{path}: " if path else ""
