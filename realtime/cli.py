@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from avbind.export.commands import add_export_cli
     from avbind.models.commands import add_eval_cli, add_train_cli
+    from avbind.realtime.commands import add_cli as add_engine_cli
 
+    add_engine_cli(sub)
     add_train_cli(sub)
     add_eval_cli(sub)
     add_export_cli(sub)

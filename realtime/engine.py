@@ -1,0 +1,236 @@
+"""The realtime engine: streams in, one backend, messages out.
+
+Data flows sources -> buffers -> sync -> scheduler -> backend -> post-processing -> publishing.
+Sources run in their own threads and only fill buffers; one engine thread does everything else,
+so the backend session, per-stream state and the ZeroMQ socket are touched by one thread only.
+
+A failure is contained where it happens: a source that dies reports a status and its stream
+carries on with the other modality or ends; a step that fails is reported on its stream's status
+topic and the other streams keep running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from avbind.realtime.backends.base import Backend
+from avbind.realtime.publish.publisher import Publisher
+from avbind.realtime.scheduler.batching import run_batch
+from avbind.realtime.scheduler.stream import Stream, StreamSettings
+from avbind.realtime.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    heartbeat_s: float = 1.0  # s between status messages per stream
+    max_batch: int = 16  # streams per backend call
+    idle_wait_s: float = 0.005  # s the loop sleeps at most when nothing is due
+
+
+def percentiles_ms(seconds: list[float] | np.ndarray) -> dict[str, float | None]:
+    if len(seconds) == 0:
+        return {"p50": None, "p99": None}
+    p50, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 99])
+    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+
+
+@dataclass
+class _Heartbeat:
+    """What a stream's counters were at its last status message; rates are over the interval since."""
+
+    last: float  # monotonic
+    frames: int = 0
+    steps: int = 0
+    degraded: int = 0
+
+
+class Engine:
+    def __init__(
+        self, backend: Backend, publisher: Publisher | None = None, settings: EngineSettings | None = None,
+    ) -> None:
+        self.backend = backend
+        self.publisher = publisher
+        self.settings = settings or EngineSettings()
+        self.listeners: list[Listener] = []  # in-process consumers of every message (views, tests)
+        self._streams: dict[str, Stream] = {}
+        self._heartbeats: dict[str, _Heartbeat] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.backend_name = str(backend.describe())
+        self.finished_streams: dict[str, Stream] = {}
+        self._wall_offset = time.time() - time.monotonic()
+        self.step_calls = 0
+        self.batch_sizes: list[int] = []
+
+    # Streams -------------------------------------------------------------------------------
+    def add_stream(self, name: str, sources: list[Source], settings: StreamSettings | None = None) -> Stream:
+        """Start ``sources`` as stream ``name``; safe while the engine runs."""
+        with self._lock:
+            if name in self._streams:
+                raise ValueError(f"stream {name!r} already exists")
+            stream = Stream(name, sources, self.backend.info, settings, self._wake)
+            self._streams[name] = stream
+            self._heartbeats[name] = _Heartbeat(time.monotonic())
+        sources_line = f"sources: {', '.join(stream.source_names())}"
+        self._emit(stream, "status", self._status(stream, "starting", "info", sources_line), time.monotonic())
+        stream.start()
+        return stream
+
+    def remove_stream(self, name: str) -> None:
+        """Stop a stream's sources, publish what it still holds and an ``ended`` status."""
+        with self._lock:
+            stream = self._streams.pop(name, None)
+        if stream is None:
+            raise KeyError(f"no stream named {name!r}")
+        stream.stop()
+        self._end(stream, "removed")
+
+    @property
+    def streams(self) -> dict[str, Stream]:
+        with self._lock:
+            return dict(self._streams)
+
+    # Running -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="avbind-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for name in list(self.streams):
+            self.remove_stream(name)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until every stream has ended (or ``timeout_s``); True if they all ended."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.streams:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                worked = self.tick()
+            except Exception:  # the loop must survive anything; per-stream failures are caught inside
+                log.exception("engine loop error")
+                worked = False
+            if not worked:
+                self._wake.wait(self.settings.idle_wait_s)
+
+    def tick(self) -> bool:
+        """One pass: service every stream, run the due steps as batches, publish. True if a step ran."""
+        now = time.monotonic()
+        due: list[tuple[Stream, Any]] = []
+        for stream in self.streams.values():
+            try:
+                for level, message in stream.service():
+                    state = "error" if level == "error" else "running"
+                    self._emit(stream, "status", self._status(stream, state, level, message), now)
+                for kind, payload, capture in stream.take_flushed():
+                    self._emit(stream, kind, payload, capture)
+                step = stream.due_step(now)
+            except Exception as err:  # a bad frame or buffer error: report, skip, keep the others
+                log.exception("stream %s", stream.name)
+                report = self._status(stream, "error", "error", f"{type(err).__name__}: {err}")
+                self._emit(stream, "status", report, now)
+                stream.cursor = None if stream.cursor is None else stream.cursor + 1
+                continue
+            if step is not None:
+                due.append((stream, step))
+            elif stream.finished:
+                with self._lock:
+                    self._streams.pop(stream.name, None)
+                stream.stop()
+                self._end(stream, "ended")
+        for i in range(0, len(due), self.settings.max_batch):
+            self._run_steps(due[i : i + self.settings.max_batch])
+        self._heartbeat(time.monotonic())
+        return bool(due)
+
+    def _run_steps(self, due: list[tuple[Stream, Any]]) -> None:
+        streams = [s for s, _ in due]
+        steps = [step for _, step in due]
+        try:
+            outputs, states = run_batch(self.backend, steps, [s.state for s in streams])
+        except Exception as err:
+            log.exception("backend step failed")
+            for stream in streams:
+                stream.cursor += 1
+                self._emit(stream, "status", self._status(stream, "error", "error",
+                                                          f"backend step failed: {type(err).__name__}: {err}"),
+                           time.monotonic())
+            return
+        self.step_calls += 1
+        self.batch_sizes.append(len(due))
+        for stream, step, out, state in zip(streams, steps, outputs, states, strict=True):
+            for kind, payload, capture in stream.finish_step(step, out, state):
+                self._emit(stream, kind, payload, capture)
+            stream.latencies.append(time.monotonic() - step.capture)
+
+    # Messages ------------------------------------------------------------------------------
+    def _emit(self, stream: Stream, kind: str, payload: dict[str, Any], capture: float) -> None:
+        if self.publisher is not None:
+            message = self.publisher.publish(stream.name, kind, payload, capture)
+        else:
+            message = {"type": kind, "stream": stream.name, "capture_time": capture + self._wall_offset, **payload}
+        for listener in self.listeners:
+            try:
+                listener(message)
+            except Exception:
+                log.exception("message listener failed")
+
+    def _status(self, stream: Stream, state: str, level: str, message: str) -> dict[str, Any]:
+        beat = self._heartbeats.get(stream.name)
+        now = time.monotonic()
+        frames = stream.aligner.frames.received
+        fps = steps_per_s = 0.0
+        recent = 0
+        if beat is not None:
+            dt = max(now - beat.last, 1e-6)
+            recent = stream.counters.steps - beat.steps
+            fps, steps_per_s = (frames - beat.frames) / dt, recent / dt
+        latencies = list(stream.latencies)[-recent:] if recent else []
+        return {
+            "state": state, "level": level, "message": message, "backend": self.backend_name,
+            "fps": round(fps, 2), "steps": stream.counters.steps, "steps_per_s": round(steps_per_s, 2),
+            "drops": stream.drops(), "latency_ms": percentiles_ms(latencies), "sources": stream.source_names(),
+        }
+
+    def _heartbeat(self, now: float) -> None:
+        for stream in self.streams.values():
+            beat = self._heartbeats.get(stream.name)
+            if beat is None or now - beat.last < self.settings.heartbeat_s:
+                continue
+            degraded = stream.aligner.degraded_steps > beat.degraded
+            state = "degraded" if degraded else "running"
+            message = "" if state == "running" else "audio arrived late: steps ran with partial audio"
+            self._emit(stream, "status", self._status(stream, state, "info" if state == "running" else "warning",
+                                                      message), now)
+            beat.last, beat.frames, beat.steps = now, stream.aligner.frames.received, stream.counters.steps
+            beat.degraded = stream.aligner.degraded_steps
+
+    def _end(self, stream: Stream, why: str) -> None:
+        for kind, payload, capture in stream.take_flushed() + stream.finish():
+            self._emit(stream, kind, payload, capture)
+        self._emit(stream, "status", self._status(stream, "ended", "info", f"stream {why}"), time.monotonic())
+        self.finished_streams[stream.name] = stream
+        self._heartbeats.pop(stream.name, None)

@@ -1,0 +1,1 @@
+"""Publishing: the JSON message schema, the ZeroMQ publisher and the subscriber behind ``avbind listen``."""

@@ -1,0 +1,74 @@
+"""The JSON messages avbind publishes, built in one place and described by ``message_schema.json``.
+
+Every message is a ZeroMQ multipart ``[topic, json]`` with topic ``avbind/<stream>/<type>``, so a
+subscriber filters by prefix (``avbind/cam0/`` for one stream, ``avbind/cam0/event`` for its
+events) without parsing JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from typing import Any
+
+import numpy as np
+
+from avbind.realtime.postprocess.events import EventBoundary
+from avbind.realtime.postprocess.segments import SegmentPrediction
+
+SCHEMA_VERSION = 1
+TYPES = ("segment", "event", "status", "step")
+TOP_K = 3  # classes listed in a segment message
+
+
+def schema() -> dict:
+    """The JSON Schema every message validates against."""
+    return json.loads(files("avbind.realtime.publish").joinpath("message_schema.json").read_text())
+
+
+def topic(stream: str, kind: str) -> str:
+    if kind not in TYPES:
+        raise ValueError(f"message type must be one of {TYPES}, got {kind!r}")
+    if not stream or "/" in stream:
+        raise ValueError(f"stream names must be non-empty and contain no '/', got {stream!r}")
+    return f"avbind/{stream}/{kind}"
+
+
+def _scores(names: tuple[str, ...], probs: np.ndarray, k: int | None = None) -> list[dict[str, Any]]:
+    order = np.argsort(-probs, kind="stable") if k else np.arange(len(probs))
+    return [{"label": names[i], "score": round(float(np.clip(probs[i], 0, 1)), 5)} for i in order[:k]]
+
+
+def segment_payload(
+    segment: SegmentPrediction, event_names: tuple[str, ...], verb_names: tuple[str, ...] = (),
+    noun_names: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    c = segment.class_index
+    payload = {
+        "segment": segment.index, "start": round(segment.start, 6), "end": round(segment.end, 6),
+        "label": event_names[c], "class_index": c, "confidence": round(float(segment.probs[c]), 5),
+        "is_background": c == len(event_names) - 1, "top": _scores(event_names, segment.probs, TOP_K),
+        "steps": segment.steps, "degraded_steps": segment.degraded_steps,
+    }
+    if segment.verb_probs is not None and verb_names:
+        payload["verb"] = _scores(verb_names, segment.verb_probs, 1)[0]
+    if segment.noun_probs is not None and noun_names:
+        payload["noun"] = _scores(noun_names, segment.noun_probs, 1)[0]
+    return payload
+
+
+def event_payload(boundary: EventBoundary, class_names: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "event": boundary.kind, "event_id": boundary.event_id, "label": class_names[boundary.class_index],
+        "class_index": boundary.class_index, "start": round(boundary.start, 6),
+        "end": None if boundary.end is None else round(boundary.end, 6),
+        "confidence": round(boundary.confidence, 5), "peak": round(boundary.peak, 5),
+    }
+
+
+def step_payload(
+    index: int, t: float, probs: np.ndarray, event_names: tuple[str, ...], degraded: bool,
+    mask: tuple[float, float],
+) -> dict[str, Any]:
+    return {"step": index, "time": round(t, 6), "scores": _scores(event_names, probs), "degraded": degraded,
+            "modality_mask": [float(m) for m in mask]}

@@ -1,0 +1,73 @@
+"""ZeroMQ PUB publisher that never blocks the engine.
+
+PUB sockets drop messages for a subscriber whose queue is full (the high-water mark) instead of
+waiting for it, so a slow or stalled subscriber cannot slow the engine or the other subscribers.
+ZeroMQ does not tell the publisher about those drops; each message's per-stream, per-type ``seq``
+lets every subscriber count its own losses (``avbind listen`` reports them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import zmq
+
+from avbind.realtime.publish.messages import SCHEMA_VERSION, topic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HWM = 1000  # messages queued per subscriber before ZeroMQ drops for that subscriber
+
+
+class Publisher:
+    """Binds one PUB socket to each endpoint (``tcp://*:5555``, ``ipc:///tmp/avbind``)."""
+
+    def __init__(self, endpoints: str | list[str], hwm: int = DEFAULT_HWM, context: zmq.Context | None = None) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.SNDHWM, hwm)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self.bound: list[str] = []
+        for endpoint in self.endpoints:
+            try:
+                self._socket.bind(endpoint)
+            except zmq.ZMQError as err:
+                self._socket.close()
+                raise ValueError(f"cannot publish on {endpoint}: {err}") from err
+            self.bound.append(self._socket.getsockopt_string(zmq.LAST_ENDPOINT))
+        self._seq: dict[tuple[str, str], int] = defaultdict(int)
+        self._lock = threading.Lock()  # sockets are not thread-safe; the engine may publish from two threads
+        self.sent = 0
+        self.dropped = 0  # messages the socket refused at once (never blocks)
+        self._wall_offset = time.time() - time.monotonic()
+
+    def wall(self, monotonic_s: float) -> float:
+        """Unix time of a ``time.monotonic()`` reading."""
+        return monotonic_s + self._wall_offset
+
+    def publish(self, stream: str, kind: str, payload: dict[str, Any], capture: float) -> dict[str, Any]:
+        """Send one message; ``capture`` is the monotonic capture time behind it. Returns the message."""
+        name = topic(stream, kind)
+        with self._lock:
+            seq = self._seq[(stream, kind)]
+            self._seq[(stream, kind)] = seq + 1
+            message = {
+                "schema_version": SCHEMA_VERSION, "type": kind, "stream": stream, "seq": seq,
+                "capture_time": round(self.wall(capture), 6), "publish_time": round(time.time(), 6), **payload,
+            }
+            try:
+                self._socket.send_multipart([name.encode(), json.dumps(message).encode()], flags=zmq.NOBLOCK)
+                self.sent += 1
+            except zmq.Again:
+                self.dropped += 1
+        return message
+
+    def close(self) -> None:
+        with self._lock:
+            self._socket.close()

@@ -1,0 +1,53 @@
+"""The terminal view: a subscriber that prints what the engine publishes, one line per message.
+
+Built on the public ZeroMQ interface rather than on engine internals, so what ``avbind demo``
+shows is exactly what any subscriber receives.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from avbind.realtime.publish.subscriber import Received, Subscriber, format_message
+
+
+class TerminalView:
+    def __init__(self, subscriber: Subscriber, out: TextIO | None = None, show_status_every_s: float = 5.0) -> None:
+        self.subscriber = subscriber
+        self.out = out or sys.stdout
+        self.show_status_every_s = show_status_every_s  # heartbeats arrive each second: show fewer
+        self._last_status: dict[str, float] = {}
+        self.received: list[Received] = []
+
+    def show(self, received: Received) -> None:
+        message = received.message
+        if received.missed:
+            print(f"[{message['stream']}] ({received.missed} {message['type']} messages lost: slow reader)",
+                  file=self.out)
+        if message["type"] == "status" and message["level"] == "info" and message["state"] == "running":
+            last = self._last_status.get(message["stream"], 0.0)
+            if time.monotonic() - last < self.show_status_every_s:
+                return
+            self._last_status[message["stream"]] = time.monotonic()
+        print(format_message(message), file=self.out, flush=True)
+
+    def run(self, until: float | None = None, stop_when_ended: bool = False) -> None:
+        """Print messages until monotonic time ``until`` (forever if None) or every stream ended."""
+        open_streams: set[str] = set()
+        while until is None or time.monotonic() < until:
+            wait = 0.2 if until is None else max(0.0, min(0.2, until - time.monotonic()))
+            received = self.subscriber.receive(wait)
+            if received is None:
+                continue
+            self.received.append(received)
+            self.show(received)
+            message = received.message
+            if message["type"] == "status":
+                if message["state"] == "ended":
+                    open_streams.discard(message["stream"])
+                    if stop_when_ended and not open_streams:
+                        return
+                else:
+                    open_streams.add(message["stream"])
