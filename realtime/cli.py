@@ -69,6 +69,15 @@ def _bench(args: argparse.Namespace) -> int:
             checkpoint = _optional(lambda: shipped(".pt")) if _has_torch() else None
     report = run_bench(model, int8, checkpoint, batches=tuple(args.batch), steps=args.steps, threads=args.threads)
     print(format_bench(report))
+    if args.engine_seconds > 0:
+        import tempfile
+
+        from avbind.realtime.bench import format_engine_bench, run_engine_bench
+
+        with tempfile.TemporaryDirectory() as workdir:
+            report["engine"] = run_engine_bench(model, workdir, seconds=args.engine_seconds,
+                                                max_streams=args.max_streams, threads=args.threads)
+        print(format_engine_bench(report["engine"]))
     if args.out:
         write_report(report, args.out)
         print(f"JSON: {args.out}")
@@ -126,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="streams per call to time")
     bench.add_argument("--steps", type=int, default=200, help="timed steps per figure")
     bench.add_argument("--threads", type=int, default=0, help="intra-op threads (0: one per core)")
+    bench.add_argument("--engine-seconds", type=float, default=8.0,
+                       help="seconds per full-engine run (end-to-end latency, concurrent streams); 0 skips them")
+    bench.add_argument("--max-streams", type=int, default=32, help="most concurrent streams to try")
     bench.add_argument("--out", type=Path, help="write the JSON report here")
     bench.set_defaults(func=_bench)
     return parser

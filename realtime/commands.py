@@ -148,6 +148,91 @@ def format_demo_summary(s: dict[str, Any]) -> str:
     ])
 
 
+# run -----------------------------------------------------------------------------------------
+def run_command(args: argparse.Namespace) -> int:
+    from avbind.realtime.sources.open_source import stream_sources
+
+    videos, audios = args.video or [], args.audio or []
+    if not videos and not audios:
+        sys.exit("avbind run: give at least one --video or --audio source")
+    pairs = [(v, audios[i] if i < len(audios) else None) for i, v in enumerate(videos)]
+    pairs += [(None, a) for a in audios[len(videos):]]
+    names = args.name or []
+    if len(names) > len(pairs):
+        sys.exit(f"avbind run: {len(names)} --name for {len(pairs)} streams")
+    names += [f"stream{i}" for i in range(len(names), len(pairs))]
+    if len(set(names)) != len(names):
+        sys.exit(f"avbind run: stream names must differ, got {names}")
+    backend = open_backend(args.model, args.backend, args.threads)
+    sample_rate = backend.info.features.sample_rate
+    try:
+        streams = [(n, stream_sources(v, a, sample_rate, args.speed)) for n, (v, a) in zip(names, pairs, strict=True)]
+    except ValueError as err:
+        sys.exit(f"avbind run: {err}")
+    publisher = open_publisher(args.publish or [DEFAULT_ENDPOINT], fallback=False)
+    engine = Engine(backend, publisher)
+    view = None if args.quiet else TerminalView(Subscriber(publisher.bound[0]))
+    time.sleep(0.2)  # ZeroMQ's slow joiner: let the view connect first
+    print(f"avbind run: {len(streams)} stream(s) -> {backend.info.name} on {engine.backend_name}; "
+          f"publishing on {', '.join(publisher.bound)}", file=sys.stderr)
+    engine.start()
+    for name, sources in streams:
+        engine.add_stream(name, sources, stream_settings(args))
+    until = None if args.seconds is None else time.monotonic() + args.seconds
+    try:
+        if view is not None:
+            view.run(until=until, stop_when_ended=True)
+        else:
+            while engine.streams and (until is None or time.monotonic() < until):
+                time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    engine.stop()
+    publisher.close()
+    for stream in engine.finished_streams.values():
+        latency = percentiles_ms(list(stream.latencies))
+        print(f"{stream.name}: {stream.counters.steps} steps, latency p50 {latency['p50']} ms, "
+              f"p99 {latency['p99']} ms, drops {stream.drops()}", file=sys.stderr)
+    return 0
+
+
+# live ----------------------------------------------------------------------------------------
+def live_command(args: argparse.Namespace) -> int:
+    from avbind.realtime.sources.microphone import MicrophoneSource
+    from avbind.realtime.sources.webcam import WebcamSource
+    from avbind.realtime.views.overlay import OverlayView, display_available
+
+    backend = open_backend(args.model, args.backend, args.threads)
+    publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT)
+    engine = Engine(backend, publisher)
+    camera = int(args.camera) if str(args.camera).isdigit() else args.camera
+    sources = [WebcamSource(camera)]
+    if not args.no_mic:
+        mic = args.mic
+        sources.append(MicrophoneSource(int(mic) if mic and mic.isdigit() else mic,
+                                        sample_rate=backend.info.features.sample_rate))
+    window = display_available() and not args.no_window
+    view = None if window else TerminalView(Subscriber(publisher.bound[0]))
+    print(f"avbind live: camera {args.camera}{'' if args.no_mic else ' + microphone'} -> {backend.info.name} on "
+          f"{engine.backend_name}; publishing on {publisher.bound[0]}"
+          f"{'' if window else ' (no display: terminal view)'}", file=sys.stderr)
+    engine.start()
+    stream = engine.add_stream("live", sources, stream_settings(args))
+    until = None if args.seconds is None else time.monotonic() + args.seconds
+    try:
+        if window:
+            overlay = OverlayView(stream)
+            engine.listeners.append(overlay.on_message)
+            overlay.run(until=until)
+        else:
+            view.run(until=until, stop_when_ended=True)
+    except KeyboardInterrupt:
+        pass
+    engine.stop()
+    publisher.close()
+    return 0
+
+
 # listen --------------------------------------------------------------------------------------
 def listen_command(args: argparse.Namespace) -> int:
     types = tuple(args.topic) if args.topic else ("segment", "event", "status")
@@ -181,6 +266,31 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--json", type=Path, help="write the summary as JSON here")
     _add_engine_options(demo)
     demo.set_defaults(func=demo_command)
+
+    run = sub.add_parser("run", help="recognize files, cameras, microphones and network streams; publish over ZeroMQ")
+    run.add_argument("--video", action="append", metavar="SRC",
+                     help="file, URL (rtsp/udp/srt/http), camera index or 'synthetic'; one stream each (repeatable)")
+    run.add_argument("--audio", action="append", metavar="SRC",
+                     help="'mic', 'mic:DEVICE', a file or URL; pairs with the --video at the same position, "
+                          "extra ones are audio-only streams (repeatable)")
+    run.add_argument("--name", action="append", help="stream names, in order (default stream0, stream1, ...)")
+    run.add_argument("--publish", action="append", default=None, metavar="ENDPOINT",
+                     help=f"ZeroMQ endpoint(s) to bind (default {DEFAULT_ENDPOINT})")
+    run.add_argument("--speed", type=float, default=1.0, help="play files this many times real time")
+    run.add_argument("--seconds", type=float, help="stop after this long (default: when every stream ended)")
+    run.add_argument("--quiet", action="store_true", help="do not print predictions")
+    _add_engine_options(run)
+    run.set_defaults(func=run_command)
+
+    live = sub.add_parser("live", help="webcam + microphone with an overlay window (terminal view without a display)")
+    live.add_argument("--camera", default="0", help="camera index or device path")
+    live.add_argument("--mic", help="sounddevice input device (name or index; default: the system default)")
+    live.add_argument("--no-mic", action="store_true", help="video only")
+    live.add_argument("--no-window", action="store_true", help="terminal view even with a display")
+    live.add_argument("--publish", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to publish on")
+    live.add_argument("--seconds", type=float, help="stop after this long")
+    _add_engine_options(live)
+    live.set_defaults(func=live_command)
 
     listen = sub.add_parser("listen", help="print what an avbind engine publishes")
     listen.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to connect to")

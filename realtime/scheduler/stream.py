@@ -191,6 +191,8 @@ class Stream:
                 audio_data or self.audio_alive)
             if self.video_alive and not video_data:
                 return None  # the frame for t has not arrived yet
+            if self.video_sources and not use_video and not self.audio_alive:
+                use_audio = False  # the video ran out and the audio is a finished source's tail: done
             if not use_video and not use_audio:
                 if not self.video_alive and not self.audio_alive:
                     self.finished = True

@@ -1,0 +1,372 @@
+"""Files and network streams (RTSP, UDP, SRT, HTTP, anything FFmpeg opens) as a live source.
+
+One PyAV demux loop reads the first video and the first audio stream. Files keep their own
+timeline and are paced to real time (or run unpaced for tests); network streams are rebased to
+start at 0, survive a vanished sender by reconnecting with backoff, and never go back in time.
+
+Timeline (``time``, seconds):
+
+* Files: video ``time`` is the frame's PTS (``frame.time``) and audio ``time`` is the first audio
+  frame's PTS plus the samples emitted so far over the sample rate, exactly as ``decode_media``
+  computes them, so the engine cuts a file exactly as offline evaluation does. ``capture`` is
+  ``origin + time / speed`` and the thread sleeps until then; with ``speed`` 0 or inf nothing
+  waits and ``capture`` is the delivery time.
+* Network: ``time = PTS - base + offset``, with one ``base`` for video and audio (the video
+  stream's start, else the earliest stream start, else the first frame's PTS). ``offset`` is 0 for the first
+  connection; after a reconnect, or when the sender's clock jumps, it is the monotonic time since
+  ``origin`` (never less than the last delivered time), so the timeline continues and never goes
+  backwards. ``capture`` is ``time.monotonic()`` on arrival; nothing is paced.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+
+from avbind.realtime.sources.base import AudioChunk, Source, SourceSink, SourceStatus, VideoFrame
+
+URL_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+# Options that make common protocols behave as a live camera should; the caller's options win.
+PROTOCOL_OPTIONS = {
+    "rtsp": {"rtsp_transport": "tcp"},  # UDP RTP loses packets behind NAT and on busy links
+    "rtsps": {"rtsp_transport": "tcp"},
+    "udp": {"overrun_nonfatal": "1"},  # a full socket buffer drops packets instead of ending the stream
+}
+AUDIO_GAP_S = 0.2  # s; audio PTS further than this from the continuous timeline: data was lost
+CLOCK_JUMP_BACK_S = 1.0  # s; a sender clock this far backwards means the sender restarted
+CLOCK_JUMP_AHEAD_S = 10.0  # s; ... or this far forwards
+STOP_WAIT_S = 2.0  # s; longest stop() waits for the thread
+WARNING_INTERVAL_S = 1.0  # s; at most one decode warning per interval, the rest only counted
+
+
+def is_network_url(url: str) -> bool:
+    """``scheme://...`` other than ``file://``: something that can vanish and come back."""
+    match = URL_SCHEME.match(url)
+    return bool(match) and match.group("scheme").lower() != "file"
+
+
+def _describe(err: BaseException) -> str:
+    """FFmpeg errors repeat the URL in their text; keep the reason only."""
+    if isinstance(err, av.error.FFmpegError) and err.strerror:
+        return str(err.strerror)
+    return str(err) or type(err).__name__
+
+
+@dataclass
+class _Connection:
+    """Timeline and audio state of one opened container."""
+
+    base: float | None = None  # s, PTS that maps to ``offset``
+    offset: float = 0.0  # s, stream time of ``base``
+    start_hint: float | None = None  # s, the video's start_time (else the earliest) the container reported
+    first: bool = True  # the first connection that delivers: its timeline starts at 0
+    arrival: float = 0.0  # monotonic s when the first packet arrived (at the latest)
+    last_video_pts: float | None = None  # s, raw
+    audio_start: float | None = None  # s, stream time of the first sample of the current audio run
+    audio_in_start: float | None = None  # s, raw PTS of that first sample
+    audio_in_samples: int = 0  # decoded samples (input rate) since audio_start
+    audio_emitted: int = 0  # resampled samples delivered since audio_start
+    resampler: av.AudioResampler | None = None
+    delivered: bool = False
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class MediaStreamSource(Source):
+    """A media file or network stream through PyAV.
+
+    ``reconnect`` defaults to True for network URLs and False for files; ``max_reconnects`` bounds
+    the consecutive failed attempts (None: forever); waits between attempts start at ``backoff_s``
+    and double up to ``max_backoff_s``. ``options`` go to FFmpeg (format and protocol options, e.g.
+    ``{"rtsp_transport": "udp"}``). ``open_timeout_s`` and ``read_timeout_s`` bound every blocking
+    call, so a dead sender becomes a status within ``read_timeout_s`` and ``stop()`` returns within
+    about that long.
+    """
+
+    def __init__(
+        self,
+        url_or_path: str | os.PathLike[str],
+        sample_rate: int = 16_000,
+        speed: float = 1.0,
+        open_timeout_s: float = 5.0,
+        read_timeout_s: float = 2.0,
+        reconnect: bool | None = None,
+        max_reconnects: int | None = 10,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        options: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        if speed < 0:
+            raise ValueError(f"speed must be >= 0 (0 or inf: unpaced), got {speed}")
+        self.url = os.fspath(url_or_path)
+        self.name = self.url
+        self.is_network = is_network_url(self.url)
+        self.sample_rate = int(sample_rate)
+        self.speed = float(speed)
+        self.paced = not self.is_network and 0 < self.speed < math.inf
+        self.open_timeout_s, self.read_timeout_s = float(open_timeout_s), float(read_timeout_s)
+        self.reconnect = self.is_network if reconnect is None else bool(reconnect)
+        self.max_reconnects = max_reconnects
+        self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
+        scheme = URL_SCHEME.match(self.url)
+        self.options = {**PROTOCOL_OPTIONS.get(scheme.group("scheme").lower() if scheme else "", {}), **(options or {})}
+        # A network stream's content is unknown until it is opened; a file is cheap to look at now.
+        self.has_video, self.has_audio = True, True
+        if not self.is_network:
+            self._probe_file()
+        self._last_time = -math.inf  # s, latest time delivered on any stream
+        self._last_warning = -math.inf  # monotonic s of the last decode warning sent
+        self._suppressed = 0  # decode warnings counted but not sent since then
+
+    def start(self, sink: SourceSink, origin: float) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"{self.name}: already started")
+        self._thread = threading.Thread(target=self._run, args=(sink, origin), name=f"source {self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Return within about 2 s. A thread still inside ``av.open`` (which only its timeout can
+        interrupt) finishes on its own within ``open_timeout_s`` and delivers nothing more."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=STOP_WAIT_S)
+
+    def _probe_file(self) -> None:
+        try:
+            with av.open(self.url, timeout=(self.open_timeout_s, self.read_timeout_s)) as container:
+                self.has_video = bool(container.streams.video)
+                self.has_audio = bool(container.streams.audio)
+        except Exception:  # the thread reports it, as for a stream that fails later
+            pass
+
+    # -- connection loop ------------------------------------------------------------------------
+
+    def _run(self, sink: SourceSink, origin: float) -> None:
+        try:
+            self._serve(sink, origin)
+        except Exception as err:  # a bug must not kill the engine: report it and end
+            self.counters.errors += 1
+            sink.on_status(SourceStatus("error", f"{self.name}: source failed ({err!r})", ended=True))
+
+    def _serve(self, sink: SourceSink, origin: float) -> None:
+        failures = 0  # consecutive attempts that delivered nothing
+        delay = self.backoff_s
+        delivered_ever = False
+        while not self.stopped:
+            problem, level = None, "error"
+            container = None
+            # Probing inside av.open reads (and buffers) the first packets, so the call's start is
+            # the best available arrival time of the data it returns.
+            opened_at = time.monotonic()
+            if not URL_SCHEME.match(self.url) and not Path(self.url).is_file():
+                problem = "no such media file"
+            else:
+                try:
+                    container = av.open(
+                        self.url, timeout=(self.open_timeout_s, self.read_timeout_s), options=self.options
+                    )
+                except av.error.ExitError:  # the interrupt callback: the open timeout ran out
+                    problem = f"cannot open (no stream within {self.open_timeout_s:g} s)"
+                except Exception as err:  # FFmpeg, OS and option errors alike: a status, never a crash
+                    problem = f"cannot open ({_describe(err)})"
+            if self.stopped:
+                if container is not None:
+                    container.close()
+                return
+            if container is not None:
+                if failures and delivered_ever:
+                    self.counters.reconnects += 1
+                    sink.on_status(SourceStatus("info", f"{self.name}: reconnected", discontinuity=True))
+                elif failures:
+                    sink.on_status(SourceStatus("info", f"{self.name}: connected after {failures} failed attempts"))
+                try:
+                    conn = _Connection(first=not delivered_ever, arrival=opened_at)
+                    problem = self._pump(container, conn, sink, origin)
+                finally:
+                    container.close()
+                if self.stopped:
+                    return
+                if conn.delivered:
+                    delivered_ever, failures, delay = True, 0, self.backoff_s
+                if problem is None:
+                    if not self.reconnect:
+                        sink.on_status(SourceStatus("info", f"{self.name}: end of stream", ended=True))
+                        return
+                    problem = "stream ended"
+                level = "warning" if conn.delivered else "error"
+            if not self.reconnect:
+                sink.on_status(SourceStatus("error", f"{self.name}: {problem}", ended=True))
+                return
+            failures += 1
+            if self.max_reconnects is not None and failures > self.max_reconnects:
+                message = f"{self.name}: {problem}; giving up after {self.max_reconnects} reconnect attempts"
+                sink.on_status(SourceStatus("error", message, ended=True))
+                return
+            of = f" of {self.max_reconnects}" if self.max_reconnects is not None else ""
+            retry = f"reconnect attempt {failures}{of} in {delay:g} s"
+            sink.on_status(SourceStatus(level, f"{self.name}: {problem}; {retry}"))
+            if self._stop.wait(delay):
+                return
+            delay = min(2 * delay, self.max_backoff_s)
+
+    def _pump(
+        self, container: av.container.InputContainer, conn: _Connection, sink: SourceSink, origin: float
+    ) -> str | None:
+        """Deliver until the end (None), a failure (its description) or ``stop``."""
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if video is None and audio is None:
+            return "no audio or video stream"
+        self.has_video, self.has_audio = video is not None, audio is not None
+        streams = [s for s in (video, audio) if s is not None]
+        # The base is the video's start when there is video, so frames fall on the step grid as in a
+        # file (audio that starts earlier, e.g. AAC priming, gets slightly negative times).
+        starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
+        video_start = starts[0] if video is not None and video.start_time is not None and starts else None
+        conn.start_hint = video_start if video_start is not None else (min(starts) if starts else None)
+        try:
+            for packet in container.demux(*streams):
+                if self.stopped:
+                    return None
+                try:
+                    frames = packet.decode()
+                except (av.error.FFmpegError, ValueError) as err:
+                    self._decode_warning(sink, f"corrupt {packet.stream.type} data skipped ({_describe(err)})")
+                    continue
+                for frame in frames:
+                    if isinstance(frame, av.VideoFrame):
+                        self._on_video_frame(frame, conn, sink, origin)
+                    else:
+                        self._on_audio_frame(frame, conn, sink, origin)
+                    if self.stopped:
+                        return None
+        except av.error.ExitError:  # the interrupt callback: no data within the read timeout
+            self._flush_audio(conn, sink, origin)
+            return f"no data for {self.read_timeout_s:g} s (read timeout)"
+        except (av.error.FFmpegError, OSError) as err:
+            self._flush_audio(conn, sink, origin)
+            return f"read error ({_describe(err)})"
+        self._flush_audio(conn, sink, origin)
+        return None
+
+    # -- timeline -------------------------------------------------------------------------------
+
+    def _stream_time(self, pts: float, conn: _Connection, origin: float) -> float:
+        """Stream time of a raw PTS (seconds) on this connection."""
+        if not self.is_network:
+            return pts
+        if conn.base is None:
+            hint = conn.start_hint
+            conn.base = hint if hint is not None and abs(pts - hint) < CLOCK_JUMP_AHEAD_S else pts
+            conn.offset = 0.0 if conn.first else max(conn.arrival - origin, self._last_time)
+        return pts - conn.base + conn.offset
+
+    def _restart_timeline(self, pts: float, conn: _Connection, sink: SourceSink, origin: float, why: str) -> None:
+        """The sender's clock jumped: continue from now, never backwards, with the same base for both streams."""
+        self._flush_audio(conn, sink, origin)
+        conn.base, conn.start_hint, conn.last_video_pts = None, None, None
+        conn.arrival = time.monotonic()
+        conn.first = False
+        self.counters.errors += 1
+        sink.on_status(SourceStatus("warning", f"{self.name}: {why}; timeline continues from now", discontinuity=True))
+        self._stream_time(pts, conn, origin)
+
+    def _due(self, t: float, origin: float) -> float | None:
+        """``capture`` for data at stream time ``t``; sleeps first when paced. None: stopped while waiting."""
+        if not self.paced:
+            return time.monotonic()
+        due = origin + t / self.speed
+        if self._stop.wait(max(0.0, due - time.monotonic())):
+            return None
+        return due
+
+    # -- video ----------------------------------------------------------------------------------
+
+    def _on_video_frame(self, frame: av.VideoFrame, conn: _Connection, sink: SourceSink, origin: float) -> None:
+        if frame.time is None:
+            self._decode_warning(sink, "video frame without timestamp skipped")
+            return
+        pts = float(frame.time)
+        if self.is_network and conn.last_video_pts is not None:
+            jump = pts - conn.last_video_pts
+            if jump < -CLOCK_JUMP_BACK_S or jump > CLOCK_JUMP_AHEAD_S:
+                self._restart_timeline(pts, conn, sink, origin, f"video timestamps jumped by {jump:+.1f} s")
+        conn.last_video_pts = pts
+        t = self._stream_time(pts, conn, origin)
+        rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
+        capture = self._due(t, origin)
+        if capture is None:
+            return
+        sink.on_video(VideoFrame(rgb=rgb, time=t, capture=capture))
+        self.counters.frames += 1
+        self._last_time = max(self._last_time, t)
+        conn.delivered = True
+
+    # -- audio ----------------------------------------------------------------------------------
+
+    def _on_audio_frame(self, frame: av.AudioFrame, conn: _Connection, sink: SourceSink, origin: float) -> None:
+        pts = float(frame.time) if frame.time is not None else None
+        if conn.audio_start is not None and self.is_network and pts is not None:
+            expected = conn.audio_in_start + conn.audio_in_samples / frame.sample_rate
+            gap = pts - expected
+            if gap < -CLOCK_JUMP_BACK_S or gap > CLOCK_JUMP_AHEAD_S:
+                self._restart_timeline(pts, conn, sink, origin, f"audio timestamps jumped by {gap:+.1f} s")
+            elif abs(gap) > AUDIO_GAP_S:  # lost packets: restart the audio run at the frame's own time
+                self._flush_audio(conn, sink, origin)
+                self.counters.errors += 1
+                message = f"{self.name}: audio timeline off by {gap:+.2f} s (lost data); audio realigned"
+                sink.on_status(SourceStatus("warning", message, discontinuity=True))
+        if conn.audio_start is None:
+            if pts is None:  # no clock of its own: start it with the video
+                pts = conn.last_video_pts if conn.last_video_pts is not None else 0.0
+            conn.audio_start = self._stream_time(pts, conn, origin)
+            conn.audio_in_start, conn.audio_in_samples, conn.audio_emitted = pts, 0, 0
+            conn.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
+        conn.audio_in_samples += frame.samples
+        try:
+            out = conn.resampler.resample(frame)
+        except ValueError:  # the stream changed format mid-way: a fresh resampler from this frame on
+            self._flush_audio(conn, sink, origin)
+            self._decode_warning(sink, "audio format changed; audio realigned")
+            return
+        self._deliver_audio(out, conn, sink, origin)
+
+    def _flush_audio(self, conn: _Connection, sink: SourceSink, origin: float) -> None:
+        """Deliver the resampler's held-back tail and end the current audio run."""
+        if conn.resampler is not None:
+            self._deliver_audio(conn.resampler.resample(None), conn, sink, origin)
+        conn.resampler, conn.audio_start = None, None
+
+    def _deliver_audio(self, frames: list[av.AudioFrame], conn: _Connection, sink: SourceSink, origin: float) -> None:
+        for resampled in frames:
+            samples = resampled.to_ndarray().reshape(-1).astype(np.float32, copy=False)  # (n,) mono
+            if not len(samples):
+                continue
+            t = conn.audio_start + conn.audio_emitted / self.sample_rate
+            conn.audio_emitted += len(samples)
+            capture = self._due(t, origin)
+            if capture is None:
+                return
+            sink.on_audio(AudioChunk(samples=samples, time=t, capture=capture))
+            self.counters.audio_samples += len(samples)
+            self._last_time = max(self._last_time, t)
+            conn.delivered = True
+
+    def _decode_warning(self, sink: SourceSink, problem: str) -> None:
+        """Count every survived error; report at most one per interval so a broken stream cannot flood the sink."""
+        self.counters.errors += 1
+        now = time.monotonic()
+        if now - self._last_warning < WARNING_INTERVAL_S:
+            self._suppressed += 1
+            return
+        more = f" (+{self._suppressed} more)" if self._suppressed else ""
+        sink.on_status(SourceStatus("warning", f"{self.name}: {problem}{more}"))
+        self._last_warning, self._suppressed = now, 0
