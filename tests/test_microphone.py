@@ -164,3 +164,31 @@ def test_missing_microphone_reports_error_and_ends() -> None:
     assert status.level == "error" and status.ended
     assert "no such microphone 4711" in status.message
     assert sink.audio == []
+
+
+def test_engine_runs_an_audio_only_stream_from_the_microphone(pulse_server: str, tmp_path: Path) -> None:
+    """The microphone path end to end: sounddevice -> resampler -> ring -> log-mel -> model -> messages."""
+    from avbind.models.weights import default_onnx
+    from avbind.realtime.backends import create_backend
+    from avbind.realtime.engine import Engine
+    from avbind.realtime.postprocess.stream_outputs import OutputSettings
+    from avbind.realtime.scheduler.stream import StreamSettings
+
+    engine = Engine(create_backend(default_onnx()))
+    messages: list[dict] = []
+    engine.listeners.append(messages.append)
+    engine.start()
+    try:
+        stream = engine.add_stream("mic", [MicrophoneSource(pulse_server, sample_rate=MODEL_RATE)],
+                                   StreamSettings(outputs=OutputSettings(publish_steps=True)))
+        assert _wait_for(lambda: stream.counters.steps >= 2, 10.0), messages
+        subprocess.run(["paplay", str(_tone_wav(tmp_path / "tone.wav"))], check=True, timeout=20)
+        assert _wait_for(lambda: any(m["type"] == "segment" for m in messages), 5.0)
+    finally:
+        engine.stop()
+    steps = [m for m in messages if m["type"] == "step"]
+    assert len(steps) >= 5
+    assert all(m["modality_mask"] == [0.0, 1.0] for m in steps)  # audio only: the video stand-in is used
+    assert [m["step"] for m in steps] == list(range(steps[0]["step"], steps[0]["step"] + len(steps)))
+    assert not [m for m in messages if m["type"] == "status" and m["level"] == "error"]
+    assert [m for m in messages if m["type"] == "status"][-1]["state"] == "ended"
