@@ -238,14 +238,20 @@ def run_engine_bench(
     backend = create_backend(model, "onnxruntime", intra_op_threads=threads)
     clip = write_bench_clip(Path(workdir) / "bench-camera.mp4", seconds=max(2, int(np.ceil(seconds)) + 1))
     single = run_engine(backend, clip, 1, seconds)
-    runs, n, held = [single], 2, 1 if held_real_time(single, max_p99_ms) else 0
-    while held and n <= max_streams:
+    runs, held = [single], 1 if held_real_time(single, max_p99_ms) else 0
+    failed = max_streams + 1  # fewest streams seen not to hold
+    n = 2
+    while held and n < failed:  # double until a failure, then bisect between the last hold and it
         result = run_engine(backend, clip, n, seconds)
         runs.append(result)
-        if not held_real_time(result, max_p99_ms):
+        if held_real_time(result, max_p99_ms):
+            held = n
+        else:
+            failed = n
+        n = min(2 * n, max_streams) if failed > max_streams and n < max_streams else (held + failed) // 2
+        if n <= held:
             break
-        held = n
-        n = n + 1 if n < 4 else n * 2 if n < 16 else n + 8
+    runs.sort(key=lambda r: r["streams"])
     return {
         "stream": f"{CAMERA_SIZE[1]}x{CAMERA_SIZE[0]} H.264 + AAC at {STREAM_FPS} fps, decoded live (PyAV)",
         "end_to_end_latency_ms": single["latency_ms"],
