@@ -23,7 +23,8 @@ VALIDATOR = jsonschema.Draft202012Validator(schema())
 def _status() -> dict:
     return {"state": "running", "level": "info", "message": "", "backend": "onnxruntime on cpu", "fps": 25.0,
             "steps": 10, "steps_per_s": 5.0, "latency_ms": {"p50": 4.0, "p99": 6.5}, "sources": ["x.mp4"],
-            "drops": {"steps_skipped": 0, "frames_evicted": 0, "audio_overflows": 0, "audio_underruns": 0,
+            "drops": {"steps_skipped": 0, "frames_evicted": 0, "audio_overflows": 0, "audio_overwritten": 0,
+                      "audio_underruns": 0,
                       "degraded_steps": 0, "resets": 0}}
 
 

@@ -228,7 +228,8 @@ class Stream:
         return {
             "steps_skipped": self.counters.steps_skipped,
             "frames_evicted": aligner.frames.evicted_unread,
-            "audio_overflows": device_overflows + aligner.samples.counters.overflow_rows,
+            "audio_overflows": device_overflows,
+            "audio_overwritten": aligner.samples.counters.overflow_rows,
             "audio_underruns": aligner.log_mel.counters.underrun_rows,
             "degraded_steps": aligner.degraded_steps,
             "resets": self.counters.resets,

@@ -63,7 +63,7 @@ class SourceCounters:
 
     frames: int = 0  # video frames delivered
     audio_samples: int = 0  # audio samples delivered (model rate)
-    audio_overflows: int = 0  # device or driver input overflows (samples lost before us)
+    audio_overflows: int = 0  # input overflows the device or driver reported, or blocks dropped (events)
     errors: int = 0  # read/decode errors survived
     reconnects: int = 0  # successful reopenings after a failure
 
