@@ -23,9 +23,9 @@ def cache_root() -> Path:
 
 def default_data() -> Path:
     """The default avsynth set, generated on first use (about 30 s on 2 cores)."""
-    from avbind.models.data.avsynth import SIZES, write_dataset
+    from avbind.models.data.avsynth import GENERATOR_VERSION, SIZES, write_dataset
 
-    root = cache_root() / "avsynth-default"
+    root = cache_root() / f"avsynth-default-v{GENERATOR_VERSION}"  # a new generator never reuses old clips
     if not (root / "avsynth.json").is_file():  # written last: its presence means the set is complete
         log.info("generating the default avsynth data set in %s", root)
         write_dataset(root, SIZES["default"])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from avbind.realtime.backends import BACKENDS, Backend, create_backend
-from avbind.realtime.engine import Engine, percentiles_ms
+from avbind.realtime.engine import Engine, EngineSettings, percentiles_ms
 from avbind.realtime.postprocess.events import DetectorSettings
 from avbind.realtime.postprocess.stream_outputs import OutputSettings
 from avbind.realtime.publish.publisher import Publisher
@@ -73,6 +73,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="shortest event reported (s)")
     p.add_argument("--event-gap-s", type=float, default=DetectorSettings.merge_gap_s,
                    help="dips shorter than this do not end an event (s)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+                   help="let a due step wait this long for other streams' steps to share its backend call")
     p.add_argument("--audio-wait-s", type=float, default=StreamSettings.audio_wait_s,
                    help="how long a step waits for late audio before running degraded (s)")
     p.add_argument("--max-lag-s", type=float, default=StreamSettings.max_lag_s,
@@ -86,7 +88,7 @@ def demo_command(args: argparse.Namespace) -> int:
     backend = open_backend(args.model, args.backend, args.threads)
     publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT)
     endpoint = publisher.bound[0]
-    engine = Engine(backend, publisher)
+    engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
     segments: list[dict[str, Any]] = []
     engine.listeners.append(lambda m: segments.append(m) if m["type"] == "segment" else None)
     view = TerminalView(Subscriber(endpoint, types=("segment", "event", "status")))
@@ -170,7 +172,7 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as err:
         sys.exit(f"avbind run: {err}")
     publisher = open_publisher(args.publish or [DEFAULT_ENDPOINT], fallback=False)
-    engine = Engine(backend, publisher)
+    engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
     view = None if args.quiet else TerminalView(Subscriber(publisher.bound[0]))
     time.sleep(0.2)  # ZeroMQ's slow joiner: let the view connect first
     print(f"avbind run: {len(streams)} stream(s) -> {backend.info.name} on {engine.backend_name}; "
@@ -191,8 +193,9 @@ def run_command(args: argparse.Namespace) -> int:
     publisher.close()
     for stream in engine.finished_streams.values():
         latency = percentiles_ms(list(stream.latencies))
-        print(f"{stream.name}: {stream.counters.steps} steps, latency p50 {latency['p50']} ms, "
-              f"p99 {latency['p99']} ms, drops {stream.drops()}", file=sys.stderr)
+        shown = "n/a" if latency["p50"] is None else f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms"
+        drops = ", ".join(f"{k} {v}" for k, v in stream.drops().items() if v) or "none"
+        print(f"{stream.name}: {stream.counters.steps} steps, latency {shown}, drops: {drops}", file=sys.stderr)
     return 0
 
 
@@ -204,7 +207,7 @@ def live_command(args: argparse.Namespace) -> int:
 
     backend = open_backend(args.model, args.backend, args.threads)
     publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT)
-    engine = Engine(backend, publisher)
+    engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
     camera = int(args.camera) if str(args.camera).isdigit() else args.camera
     sources = [WebcamSource(camera)]
     if not args.no_mic:

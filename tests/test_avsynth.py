@@ -251,3 +251,23 @@ def test_slide_sounds_are_falling_and_rising_chirps(noun: str) -> None:
     rising = peak_steps(_find(WIDE, f"Slide right {noun}"))
     assert (falling < 0).sum() > 3 * (falling > 0).sum()
     assert (rising > 0).sum() > 3 * (rising < 0).sum()
+
+
+def test_rotation_sounds_are_time_mirrors_not_time_shifts() -> None:
+    """Clockwise glides up fast and down slowly, counter-clockwise the reverse: a sine and its
+    negative would be the same sound half a cycle apart, telling the pair apart only at onset."""
+
+    def rising_fraction(index: int) -> float:
+        _, audio, ann = _render(WIDE, index)
+        x = audio[round((ann.start_s + 0.25) * SR) : round((ann.end_s - 0.25) * SR)]
+        hop, win = 160, 2048
+        frames = np.lib.stride_tricks.sliding_window_view(x, win)[::hop] * np.hanning(win)
+        spectrum = np.abs(np.fft.rfft(frames, axis=1))
+        band = slice(150 * win // SR, 420 * win // SR)  # the square's 262 Hz fundamental +- 2/3 octave
+        power = spectrum[:, band] ** 2
+        pitch = (power * np.arange(power.shape[1])).sum(axis=1) / power.sum(axis=1)  # centroid, in bins
+        slope = np.diff(np.convolve(pitch, np.ones(5) / 5, mode="valid"))
+        return float(np.mean(slope > 0))  # share of the time the pitch goes up
+
+    assert rising_fraction(_find(WIDE, "Rotate clockwise blue square")) < 0.4
+    assert rising_fraction(_find(WIDE, "Rotate counter-clockwise blue square")) > 0.6

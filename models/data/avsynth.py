@@ -45,8 +45,15 @@ MAX_AUDIO_OFFSET_S = 0.2  # seconds; half-width of the temporal binding window
 AAC_FRAME = 1024  # audio samples per AAC frame
 EDGE_FADE_S = 0.01  # seconds of fade at the ends of every sound, so no onset click gives it away
 KNOCK_DECAY_S = 0.1  # seconds, time constant of the bounce knock
+# Sound cycles per full turn of a rotating object: 2.5 keeps a turn under 36 degrees per 200 ms
+# model step, so a 5 steps/s model sees the rotation without aliasing, well inside the square's
+# 90-degree symmetry (at one turn per cycle, 58-90 degrees per step, the square's body turning
+# clockwise looked like it turned counter-clockwise).
+CYCLES_PER_TURN = 2.5
+RISE_FRACTION = 0.25  # part of a rotation sound's cycle spent on its fast pitch glide
 SUBPIXEL_BITS = 4  # cv2 drawing shift: coordinates in 1/16 pixel, so slow motion stays smooth
 ANNOTATION_HEADER = "Category&VideoID&Quality&StartTime&EndTime"
+GENERATOR_VERSION = 2  # bump when the same seed renders different content (2: rotation sounds and speed)
 SPLITS = ("train", "val", "test")
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 
@@ -209,7 +216,8 @@ class _Actor:
         elif self.verb == "slide right":
             x = self.cx - self.reach * (1 - 2 * u)
         elif self.verb.startswith("rotate"):
-            angle += (1 if self.verb == "rotate clockwise" else -1) * 2 * np.pi * t / self.period_s
+            turn_s = self.period_s * CYCLES_PER_TURN
+            angle += (1 if self.verb == "rotate clockwise" else -1) * 2 * np.pi * t / turn_s
         elif self.verb == "grow":
             scale = 0.45 + 0.55 * u
         elif self.verb == "shrink":
@@ -225,8 +233,11 @@ class _Actor:
         if self.verb.startswith("slide"):  # falling chirp for left, rising for right
             octaves = (0.5 - u) if self.verb == "slide left" else (u - 0.5)
             amp = np.clip(np.minimum(u, 1 - u) / 0.05, 0, 1)
-        elif self.verb.startswith("rotate"):  # up-down vs down-up
-            octaves = (0.5 if self.verb == "rotate clockwise" else -0.5) * np.sin(2 * np.pi * u)
+        elif self.verb.startswith("rotate"):
+            # Fast rise then slow fall (clockwise) vs its time mirror. Not a sine and its negative:
+            # those are the same sound half a cycle apart, so only the onset would tell them apart.
+            v = u if self.verb == "rotate clockwise" else 1 - u
+            octaves = np.where(v < RISE_FRACTION, v / RISE_FRACTION, (1 - v) / (1 - RISE_FRACTION)) - 0.5
         elif self.verb in ("grow", "shrink"):  # swell vs fade
             amp = 0.1 + 0.9 * (u if self.verb == "grow" else 1 - u)
         elif self.verb == "bounce":  # a decaying knock at each landing
@@ -564,6 +575,7 @@ def write_dataset(
     settings = dataclasses.asdict(config)
     meta = {
         "generator": "avbind.models.data.avsynth",
+        "generator_version": GENERATOR_VERSION,
         "settings": settings,
         "classes": list(CLASS_NAMES),
         "class_verb_noun": {name: list(vn) for name, vn in CLASS_VERB_NOUN.items()},
