@@ -22,6 +22,7 @@ from avbind.models.data.steps import IGNORE, PreparedVideo, prepare_dataset
 from avbind.models.network import AVBindNet
 from avbind.realtime.backends import Backend, create_backend
 from avbind.realtime.backends.torch_backend import TorchBackend
+from avbind.realtime.postprocess.stream_outputs import softmax
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,6 @@ class FormResult:
     verb_noun: dict[str, float] | None = None  # top-1 / top-5 at event steps, where the data has them
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def _topk(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
     k = min(k, scores.shape[1])
     top = np.argsort(-scores, axis=1)[:, :k]
@@ -85,14 +81,15 @@ def score(
     predictions = []
     verb_scores, noun_scores, action_scores, verb_truth, noun_truth = [], [], [], [], []
     for out, video in zip(outputs, videos, strict=True):
-        pred = segment_predictions(_softmax(out["event_logits"]), video.step_segments, len(video.segment_labels))
+        pred = segment_predictions(softmax(out["event_logits"]), video.step_segments, len(video.segment_labels))
         np.add.at(confusion, (video.segment_labels, pred), 1)
         predictions.append(pred.tolist())
         if "verb_logits" in out:
             keep = video.verbs != IGNORE
             verb_scores.append(out["verb_logits"][keep])
             noun_scores.append(out["noun_logits"][keep])
-            action_scores.append(out["action_scores"][keep].reshape(int(keep.sum()), -1))
+            actions = out["action_scores"]  # (T, verbs, nouns); a video may have no event step at all
+            action_scores.append(actions[keep].reshape(-1, int(np.prod(actions.shape[1:]))))
             verb_truth.append(video.verbs[keep])
             noun_truth.append(video.nouns[keep])
     per_class = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 
@@ -186,13 +187,11 @@ def run_engine(backend: Backend, clip: str | Path, streams: int, seconds: float)
 
     publisher = Publisher("tcp://127.0.0.1:*")
     subscriber = Subscriber(publisher.bound[0], types=("step", "segment", "status"))
-    stop = False
+    stop = threading.Event()
 
     def drain() -> None:
-        while not stop:
+        while not stop.is_set():
             subscriber.receive(0.05)
-
-    import threading
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
@@ -205,7 +204,7 @@ def run_engine(backend: Backend, clip: str | Path, streams: int, seconds: float)
     time.sleep(seconds)
     live = engine.streams
     engine.stop()
-    stop = True
+    stop.set()
     reader.join(2)
     subscriber.close()
     publisher.close()

@@ -115,8 +115,7 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def demo_summary(segments, source, stream, engine: Engine, view: TerminalView, wall_s: float) -> dict[str, Any]:
-    scored = [(m["class_index"], source.truth(m["segment"])) for m in segments if m["steps"] > 0]
-    scored = [(p, t) for p, t in scored if t is not None]
+    scored = [(m["class_index"], source.truth(m["segment"])) for m in segments]
     correct = sum(p == t for p, t in scored)
     received = [r.message for r in view.received]
     return {

@@ -11,6 +11,7 @@ topic and the other streams keep running.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -75,8 +76,7 @@ class Engine:
         self.backend_name = str(backend.describe())
         self.finished_streams: dict[str, Stream] = {}
         self._wall_offset = time.time() - time.monotonic()
-        self.step_calls = 0
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)  # streams per recent call
 
     # Streams -------------------------------------------------------------------------------
     def add_stream(self, name: str, sources: list[Source], settings: StreamSettings | None = None) -> Stream:
@@ -203,7 +203,6 @@ class Engine:
                                                           f"backend step failed: {type(err).__name__}: {err}"),
                            time.monotonic())
             return
-        self.step_calls += 1
         self.batch_sizes.append(len(due))
         for stream, step, out, state in zip(streams, steps, outputs, states, strict=True):
             for kind, payload, capture in stream.finish_step(step, out, state):

@@ -37,3 +37,27 @@ def calibrated_model(config, seed: int = 1000):
         for i in range(3):
             model(*random_clip(model, 2, 4, seed=seed + i))
     return model.eval()
+
+
+def wait_for(condition, timeout_s: float, poll_s: float = 0.02) -> bool:
+    """Poll ``condition`` until it holds or ``timeout_s`` passes; its last value either way.
+
+    For the threads of live sources and the engine: a bounded wait instead of a fixed sleep.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll_s)
+    return bool(condition())
+
+
+def free_port(udp: bool = False) -> int:
+    """A loopback port nobody listens on right now (TCP, or UDP for stream senders)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

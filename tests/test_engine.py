@@ -9,7 +9,6 @@ stops reading does not slow the engine, and killing one stream's sender leaves t
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -19,10 +18,10 @@ import jsonschema
 import numpy as np
 import pytest
 import zmq
+from avbind_testing import free_port, wait_for
 
 from avbind.models.config import ModelConfig
 from avbind.models.data.avsynth import CLASS_NAMES, SynthConfig, render_clip, write_mp4
-from avbind.models.evaluation import segment_predictions
 from avbind.models.weights import default_onnx
 from avbind.realtime.backends import create_backend
 from avbind.realtime.engine import Engine
@@ -65,28 +64,18 @@ def clips(tmp_path_factory) -> list[tuple[Path, np.ndarray]]:
 
 
 def _eval_accuracy(paths_and_labels: list[tuple[Path, np.ndarray]]) -> float:
-    """What `avbind eval --model <onnx>` computes for streaming: the same decoder, windows and rule."""
+    """What `avbind eval --model <onnx>` reports for streaming: its decoder, windows, stepping and scoring."""
     from avbind.models.data.ave import AveVideo
     from avbind.models.data.steps import prepare_video
-    from avbind.models.evaluation import run_stream
+    from avbind.models.evaluation import run_stream, score
 
     backend = create_backend(default_onnx())
     config = ModelConfig.from_dict(backend.info.config)
-    correct = total = 0
-    for path, labels in paths_and_labels:
-        video = prepare_video(AveVideo(path.stem, "", path, ()), labels, config)
-        out = run_stream(backend, video, (1.0, 1.0))
-        probs = np.exp(out["event_logits"] - out["event_logits"].max(axis=1, keepdims=True))
-        pred = segment_predictions(probs / probs.sum(axis=1, keepdims=True), video.step_segments, len(labels))
-        correct += int((pred == labels).sum())
-        total += len(labels)
-    return correct / total
+    videos = [prepare_video(AveVideo(path.stem, "", path, ()), labels, config) for path, labels in paths_and_labels]
+    outputs = [run_stream(backend, video, (1.0, 1.0)) for video in videos]
+    return score(outputs, videos, list(backend.info.event_names)).segment_accuracy
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _send_udp(path: Path, port: int, readrate: float) -> subprocess.Popen:
@@ -118,14 +107,6 @@ class Collector(threading.Thread):
         return [m for m in list(self.messages) if m["stream"] == stream and m["type"] == kind]
 
 
-def _wait_until(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
 
 def _accuracy(segments: list[dict], labels: np.ndarray) -> float:
     hits = [m["class_index"] == labels[m["segment"]] for m in segments if m["segment"] < len(labels)]
@@ -145,7 +126,7 @@ def test_files_and_udp_stream_end_to_end(clips, tmp_path: Path) -> None:
     engine.start()
     # ZeroMQ's slow joiner: let both subscribers connect before streams start publishing.
     time.sleep(0.5)
-    udp_port, doomed_port = _free_udp_port(), _free_udp_port()
+    udp_port, doomed_port = free_port(udp=True), free_port(udp=True)
     senders = []
     try:
         files, (joined, joined_labels) = clips[:CLIPS], clips[CLIPS]
@@ -157,14 +138,14 @@ def test_files_and_udp_stream_end_to_end(clips, tmp_path: Path) -> None:
         senders.append(_send_udp(joined, udp_port, SPEED))
         doomed = _send_udp(files[0][0], doomed_port, 1.0)
         senders.append(doomed)
-        assert _wait_until(lambda: len(collector.of("doomed", "segment")) >= 2, 30), "doomed stream never ran"
+        assert wait_for(lambda: len(collector.of("doomed", "segment")) >= 2, 30), "doomed stream never ran"
         doomed.kill()  # the sender vanishes mid-stream
-        assert _wait_until(
+        assert wait_for(
             lambda: any(m["level"] == "error" for m in collector.of("doomed", "status")), 20
         ), "a vanished sender produced no status error"
         udp_segments = CLIPS * 10
-        assert _wait_until(lambda: len(collector.of("udp", "segment")) >= udp_segments - 1, 20 * CLIPS / SPEED + 30)
-        assert _wait_until(lambda: all(f"file{i}" in engine.finished_streams for i in range(CLIPS)), 30)
+        assert wait_for(lambda: len(collector.of("udp", "segment")) >= udp_segments - 1, 20 * CLIPS / SPEED + 30)
+        assert wait_for(lambda: all(f"file{i}" in engine.finished_streams for i in range(CLIPS)), 30)
         time.sleep(1.5)  # let the last UDP segment in
     finally:
         for sender in senders:

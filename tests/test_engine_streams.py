@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
+from avbind_testing import free_port, wait_for
 
 from avbind.models.weights import default_onnx
 from avbind.realtime.backends import create_backend
@@ -22,14 +21,6 @@ from avbind.realtime.sources.synthetic import SyntheticSource
 
 VALIDATOR = jsonschema.Draft202012Validator(schema())
 
-
-def _wait_for(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def _segments(messages: list[dict], name: str) -> list[tuple[int, int, float]]:
@@ -60,9 +51,9 @@ def test_streams_share_one_backend_batch_and_keep_their_own_state() -> None:
     try:
         engine.add_stream("a", [SyntheticSource(seed=7, clips=1, speed=4)])
         engine.add_stream("b", [SyntheticSource(seed=7, clips=1, speed=4)])
-        assert _wait_for(lambda: engine.streams["a"].counters.steps >= 10, 20)
+        assert wait_for(lambda: engine.streams["a"].counters.steps >= 10, 20)
         late = engine.add_stream("late", [SyntheticSource(seed=8, speed=4)])
-        assert _wait_for(lambda: late.counters.steps >= 10, 20)
+        assert wait_for(lambda: late.counters.steps >= 10, 20)
         engine.remove_stream("late")
         assert engine.wait(30), "finite streams did not end"
     finally:
@@ -82,15 +73,11 @@ def test_streams_share_one_backend_batch_and_keep_their_own_state() -> None:
         assert message["type"] in ("segment", "event", "status")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_demo_command_publishes_valid_messages_and_summarises(tmp_path: Path) -> None:
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     summary = tmp_path / "demo.json"
     demo = subprocess.Popen(
         ["avbind", "demo", "--seconds", "20", "--speed", "4", "--publish", endpoint, "--json", str(summary)],
@@ -111,7 +98,7 @@ def test_demo_command_publishes_valid_messages_and_summarises(tmp_path: Path) ->
 
 
 def test_run_command_with_a_missing_file_reports_and_ends(tmp_path: Path) -> None:
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     result = subprocess.run(["avbind", "run", "--video", str(tmp_path / "nope.mp4"), "--publish", endpoint,
                              "--seconds", "20"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -134,7 +121,7 @@ def test_overlay_draws_scores_timeline_and_level_and_live_falls_back_without_dis
         overlay = OverlayView(stream)
         engine.listeners.append(overlay.on_message)
         blank = overlay.render()
-        assert _wait_for(lambda: stream.counters.steps >= 10, 20)
+        assert wait_for(lambda: stream.counters.steps >= 10, 20)
         overlay.on_message({"stream": "v", "type": "event", "event": "start", "event_id": 0, "class_index": 1,
                             "start": 0.4})
         image = overlay.render()

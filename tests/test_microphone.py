@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from avbind_testing import wait_for
 
 from avbind.realtime.sources.base import CollectingSink
 from avbind.realtime.sources.microphone import MicrophoneSource
@@ -28,14 +29,6 @@ SINK_RATE = 48_000  # Hz, the null sink's rate
 TONE_HZ = 1000.0
 TONE_S = 0.8
 
-
-def _wait_for(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +80,7 @@ def test_microphone_hears_a_tone_played_into_the_sink(pulse_server: str, tmp_pat
     origin = time.monotonic()
     source.start(sink, origin)
     try:
-        assert _wait_for(lambda: sink.audio, 10.0), f"no audio from {pulse_server}: {sink.statuses}"
+        assert wait_for(lambda: sink.audio, 10.0), f"no audio from {pulse_server}: {sink.statuses}"
         played_at = time.monotonic() - origin
         subprocess.run(["paplay", str(_tone_wav(tmp_path / "tone.wav"))], check=True, timeout=20)
         finished_at = time.monotonic() - origin
@@ -138,9 +131,9 @@ def test_a_stalled_consumer_costs_counted_overflows_and_a_discontinuity(pulse_se
     sink = StallingSink()
     source.start(sink, time.monotonic())
     try:
-        assert _wait_for(lambda: any(s.discontinuity for s in sink.statuses), STALL_S + 5.0), sink.statuses
+        assert wait_for(lambda: any(s.discontinuity for s in sink.statuses), STALL_S + 5.0), sink.statuses
         count = len(sink.audio)
-        assert _wait_for(lambda: len(sink.audio) > count + 10, 5.0)
+        assert wait_for(lambda: len(sink.audio) > count + 10, 5.0)
     finally:
         source.stop()
     assert source.counters.audio_overflows > 0
@@ -181,9 +174,9 @@ def test_engine_runs_an_audio_only_stream_from_the_microphone(pulse_server: str,
     try:
         stream = engine.add_stream("mic", [MicrophoneSource(pulse_server, sample_rate=MODEL_RATE)],
                                    StreamSettings(outputs=OutputSettings(publish_steps=True)))
-        assert _wait_for(lambda: stream.counters.steps >= 2, 10.0), messages
+        assert wait_for(lambda: stream.counters.steps >= 2, 10.0), messages
         subprocess.run(["paplay", str(_tone_wav(tmp_path / "tone.wav"))], check=True, timeout=20)
-        assert _wait_for(lambda: any(m["type"] == "segment" for m in messages), 5.0)
+        assert wait_for(lambda: any(m["type"] == "segment" for m in messages), 5.0)
     finally:
         engine.stop()
     steps = [m for m in messages if m["type"] == "step"]

@@ -8,7 +8,6 @@ back, a camera that is not there) without raising or hanging.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from avbind_testing import free_port, wait_for
 
 from avbind.models.data.avsynth import CLASS_NAMES, SynthConfig, annotate_clip, render_clip, write_mp4
 from avbind.realtime.sources.base import CollectingSink, SourceStatus
@@ -34,14 +34,6 @@ requires_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="nee
 
 # -- helpers ------------------------------------------------------------------------------------
 
-
-def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def run_to_end(source, timeout_s: float = 20.0) -> tuple[CollectingSink, float]:
@@ -74,10 +66,6 @@ def assert_contiguous(chunks: list, rate: int) -> None:
     np.testing.assert_allclose(times[1:], ends, rtol=0, atol=1e-9)
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +246,7 @@ class FfmpegSender:
 
 @pytest.fixture
 def udp_sender(media_dir: Path) -> Iterator[FfmpegSender]:
-    sender = FfmpegSender(media_dir / "clip48k.mp4", f"udp://127.0.0.1:{free_udp_port()}")
+    sender = FfmpegSender(media_dir / "clip48k.mp4", f"udp://127.0.0.1:{free_port(udp=True)}")
     yield sender
     sender.kill()
 
@@ -331,7 +319,7 @@ def test_udp_without_reconnect_ends_when_the_sender_dies(udp_sender: FfmpegSende
 
 
 def test_dead_network_stream_retries_with_backoff_then_gives_up() -> None:
-    url = f"udp://127.0.0.1:{free_udp_port()}"  # nobody sends
+    url = f"udp://127.0.0.1:{free_port(udp=True)}"  # nobody sends
     source = MediaStreamSource(url, open_timeout_s=0.3, max_reconnects=2, backoff_s=0.1)
     sink, _ = run_to_end(source, timeout_s=10.0)
     assert [s.level for s in sink.statuses] == ["error"] * 3
@@ -342,7 +330,7 @@ def test_dead_network_stream_retries_with_backoff_then_gives_up() -> None:
 
 
 def test_stop_returns_while_a_stream_is_still_opening() -> None:
-    source = MediaStreamSource(f"udp://127.0.0.1:{free_udp_port()}", open_timeout_s=2.0)
+    source = MediaStreamSource(f"udp://127.0.0.1:{free_port(udp=True)}", open_timeout_s=2.0)
     sink = CollectingSink()
     source.start(sink, time.monotonic())
     time.sleep(0.2)  # inside av.open, which only its timeout interrupts

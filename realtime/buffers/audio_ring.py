@@ -64,11 +64,6 @@ class TimedRing:
         """Stream time just after the last written row."""
         return None if self.start_time is None else self.start_time + self.end / self.rate
 
-    def index_at(self, t: float) -> int:
-        if self.start_time is None:
-            raise ValueError("ring is empty: no start time yet")
-        return round((t - self.start_time) * self.rate)
-
     def write(self, rows: np.ndarray, time: float | None = None) -> None:
         """Append ``rows`` whose first row is at stream time ``time`` (None: right after the last)."""
         rows = np.asarray(rows, dtype=np.float32)
@@ -105,10 +100,6 @@ class TimedRing:
         self._data[first : first + head] = rows[:head]
         self._data[: n - head] = rows[head:]
         self.end += n
-
-    def available(self, first: int, stop: int) -> bool:
-        """Whether rows [first, stop) have all been written (and not overwritten)."""
-        return stop <= self.end and first >= self.end - self.capacity
 
     def read(self, first: int, stop: int) -> tuple[np.ndarray, int]:
         """Rows [first, stop) by absolute index, fill where absent; returns (rows, rows missing).

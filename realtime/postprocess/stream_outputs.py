@@ -38,7 +38,6 @@ class StreamOutputs:
         self.settings = settings or OutputSettings()
         self.segments = SegmentAggregator(info.step_rate_hz, self.settings.segment_s)
         self.events = EventDetector(len(info.class_names), self.settings.detector, 1.0 / info.step_rate_hz)
-        self.closed_segments: list[SegmentPrediction] = []  # for summaries; cleared by the owner
         self.last_probs: np.ndarray | None = None
         self._last_time = 0.0
 
@@ -62,7 +61,6 @@ class StreamOutputs:
         return messages
 
     def _segment_message(self, segment: SegmentPrediction) -> Message:
-        self.closed_segments.append(segment)
         payload = segment_payload(segment, self.info.event_names, self.info.verb_names, self.info.noun_names)
         return "segment", payload, segment.capture
 

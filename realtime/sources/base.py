@@ -18,7 +18,7 @@ Two clocks, both in seconds:
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -81,21 +81,40 @@ class Source(ABC):
     name: str  # for messages: "webcam 0", "udp://127.0.0.1:5000", ...
     has_video: bool
     has_audio: bool
+    stop_wait_s = 5.0  # s stop() waits for the source's thread
 
     def __init__(self) -> None:
         self.counters = SourceCounters()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @abstractmethod
     def start(self, sink: SourceSink, origin: float) -> None:
         """Begin delivering; ``origin`` is the ``time.monotonic()`` that is time 0 of the stream."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.name}: already started")
+        self._thread = threading.Thread(target=self._run, args=(sink, origin), name=f"source {self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self, sink: SourceSink, origin: float) -> None:
+        try:
+            self._serve(sink, origin)
+        except Exception as err:  # a bug must not kill the engine: report it and end
+            self.counters.errors += 1
+            sink.on_status(SourceStatus("error", f"{self.name}: source failed ({err!r})", ended=True))
+
+    def _serve(self, sink: SourceSink, origin: float) -> None:
+        """The source's thread: deliver to ``sink`` until the end, a failure or :meth:`stop`.
+
+        Every source that owns a thread implements this; a wrapper of another source overrides
+        :meth:`start` and :meth:`stop` instead.
+        """
+        raise NotImplementedError(f"{type(self).__name__} delivers nothing: implement _serve or override start")
 
     def stop(self) -> None:
         """Ask the source to stop and wait briefly for its thread; safe to call twice."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5.0)
+            self._thread.join(timeout=self.stop_wait_s)
 
     @property
     def stopped(self) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +89,10 @@ class MediaStreamSource(Source):
     about that long.
     """
 
+    # stop() returns within about 2 s. A thread still inside ``av.open`` (which only its timeout can
+    # interrupt) finishes on its own within ``open_timeout_s`` and delivers nothing more.
+    stop_wait_s = STOP_WAIT_S
+
     def __init__(
         self,
         url_or_path: str | os.PathLike[str],
@@ -126,19 +129,6 @@ class MediaStreamSource(Source):
         self._last_warning = -math.inf  # monotonic s of the last decode warning sent
         self._suppressed = 0  # decode warnings counted but not sent since then
 
-    def start(self, sink: SourceSink, origin: float) -> None:
-        if self._thread is not None:
-            raise RuntimeError(f"{self.name}: already started")
-        self._thread = threading.Thread(target=self._run, args=(sink, origin), name=f"source {self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Return within about 2 s. A thread still inside ``av.open`` (which only its timeout can
-        interrupt) finishes on its own within ``open_timeout_s`` and delivers nothing more."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=STOP_WAIT_S)
-
     def _probe_file(self) -> None:
         try:
             with av.open(self.url, timeout=(self.open_timeout_s, self.read_timeout_s)) as container:
@@ -148,13 +138,6 @@ class MediaStreamSource(Source):
             pass
 
     # -- connection loop ------------------------------------------------------------------------
-
-    def _run(self, sink: SourceSink, origin: float) -> None:
-        try:
-            self._serve(sink, origin)
-        except Exception as err:  # a bug must not kill the engine: report it and end
-            self.counters.errors += 1
-            sink.on_status(SourceStatus("error", f"{self.name}: source failed ({err!r})", ended=True))
 
     def _serve(self, sink: SourceSink, origin: float) -> None:
         failures = 0  # consecutive attempts that delivered nothing

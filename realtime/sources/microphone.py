@@ -20,7 +20,6 @@ Overflows are counted as events (a flagged callback, a dropped block), not sampl
 from __future__ import annotations
 
 import queue
-import threading
 import time
 
 import numpy as np
@@ -69,12 +68,6 @@ class MicrophoneSource(Source):
         self._callback_rate = 0  # Hz, for the callback's fallback timestamp
         self._max_adc_lag = 0.0  # s; set when the stream opens
 
-    def start(self, sink: SourceSink, origin: float) -> None:
-        if self._thread is not None:
-            raise RuntimeError(f"{self.name}: already started")
-        self._thread = threading.Thread(target=self._run, args=(sink, origin), name=f"source {self.name}", daemon=True)
-        self._thread.start()
-
     def _callback(self, indata: np.ndarray, frames: int, time_info: object, status: object) -> None:
         """PortAudio's audio thread: copy and queue, nothing else."""
         now = time.monotonic()
@@ -88,13 +81,6 @@ class MicrophoneSource(Source):
             self._blocks.put_nowait((indata.copy(), captured, now))
         except queue.Full:
             self.counters.audio_overflows += 1
-
-    def _run(self, sink: SourceSink, origin: float) -> None:
-        try:
-            self._serve(sink, origin)
-        except Exception as err:  # a bug must not kill the engine: report it and end
-            self.counters.errors += 1
-            sink.on_status(SourceStatus("error", f"{self.name}: source failed ({err!r})", ended=True))
 
     def _serve(self, sink: SourceSink, origin: float) -> None:
         try:

@@ -85,9 +85,8 @@ class SyntheticSource(Source):
         if self._thread is not None:
             raise RuntimeError(f"{self.name}: already started")
         self._renderer = threading.Thread(target=self._render_ahead, name=f"{self.name} renderer", daemon=True)
-        self._thread = threading.Thread(target=self._run, args=(sink, origin), name=f"source {self.name}", daemon=True)
         self._renderer.start()
-        self._thread.start()
+        super().start(sink, origin)
 
     def stop(self) -> None:
         super().stop()
@@ -126,14 +125,7 @@ class SyntheticSource(Source):
                 continue
         return None
 
-    def _run(self, sink: SourceSink, origin: float) -> None:
-        try:
-            self._play(sink, origin)
-        except Exception as err:  # a bug must not kill the engine: report it and end
-            self.counters.errors += 1
-            sink.on_status(SourceStatus("error", f"{self.name}: source failed ({err!r})", ended=True))
-
-    def _play(self, sink: SourceSink, origin: float) -> None:
+    def _serve(self, sink: SourceSink, origin: float) -> None:
         chunk = round(CHUNK_S * self.sample_rate)  # samples
         frame_index, sample_index, played = 0, 0, 0  # over the whole stream
         while not self.stopped:

@@ -10,7 +10,6 @@ decodes it: use ``MediaStreamSource`` for paced files with audio).
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import cv2
@@ -54,12 +53,6 @@ class WebcamSource(Source):
         self.open_timeout_s, self.read_timeout_s = float(open_timeout_s), float(read_timeout_s)
         self.is_file = isinstance(device, str) and os.path.isfile(device)
 
-    def start(self, sink: SourceSink, origin: float) -> None:
-        if self._thread is not None:
-            raise RuntimeError(f"{self.name}: already started")
-        self._thread = threading.Thread(target=self._run, args=(sink, origin), name=f"source {self.name}", daemon=True)
-        self._thread.start()
-
     def _open(self) -> cv2.VideoCapture | None:
         if isinstance(self.device, int):
             capture = cv2.VideoCapture(self.device)
@@ -77,13 +70,6 @@ class WebcamSource(Source):
             if value is not None:
                 capture.set(prop, float(value))
         return capture
-
-    def _run(self, sink: SourceSink, origin: float) -> None:
-        try:
-            self._serve(sink, origin)
-        except Exception as err:  # a bug must not kill the engine: report it and end
-            self.counters.errors += 1
-            sink.on_status(SourceStatus("error", f"{self.name}: source failed ({err!r})", ended=True))
 
     def _serve(self, sink: SourceSink, origin: float) -> None:
         failures = 0  # consecutive openings that delivered nothing

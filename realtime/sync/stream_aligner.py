@@ -99,10 +99,6 @@ class StreamAligner:
         return log_mel_window_range(t, self.settings, self.info.window_frames, self.info.audio_end_offset_s,
                                     self.samples.start_time or 0.0)
 
-    def video_reached(self, t: float) -> bool:
-        latest = self.frames.latest_time
-        return latest is not None and latest >= t - EPSILON_S
-
     def audio_reached(self, t: float) -> bool:
         if self.samples.start_time is None:
             return False
