@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from avbind.models.config import TrainConfig
+from avbind.models.config import TrainConfig, WeakTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +32,44 @@ def default_data() -> Path:
     return root
 
 
-def _train(args: argparse.Namespace) -> int:
-    from avbind.models.training import train
+def default_localization_data() -> Path:
+    """The avsynth localization set (30-60 s clips, several events each), generated on first use
+    (about as long as the default set: it holds about as many seconds of media)."""
+    from avbind.models.data.avsynth import GENERATOR_VERSION, SIZES, write_dataset
 
-    config = TrainConfig(
-        model=args.config, epochs=args.epochs, crop_steps=args.crop_steps, batch_size=args.batch_size,
-        crops_per_video=args.crops_per_video, lr=args.lr, seed=args.seed, threads=args.threads,
-        modalities=tuple(args.modalities),
-    )
-    path = train(args.data or default_data(), args.out, config, resume=args.resume)
+    root = cache_root() / f"avsynth-localization-v{GENERATOR_VERSION}"
+    if not (root / "avsynth.json").is_file():  # written last: its presence means the set is complete
+        log.info("generating the avsynth localization data set in %s", root)
+        write_dataset(root, SIZES["localization"])
+    return root
+
+
+def _train(args: argparse.Namespace) -> int:
+    given = {name: getattr(args, name) for name in
+             ("epochs", "crop_steps", "crops_per_video", "batch_size", "lr", "seed", "threads")
+             if getattr(args, name) is not None}
+    data = args.data or default_data()
+    if args.weak or args.ablation:
+        import json
+
+        from avbind.models.weak_training import run_weak_ablation, train_weak
+
+        unused = sorted(set(given) & {"crop_steps", "crops_per_video"})
+        if unused:
+            raise SystemExit(f"avbind train --weak: {', '.join(unused)} do not apply (weak training sees whole videos)")
+        config = WeakTrainConfig(model=args.config, **given)
+        if args.ablation:
+            results = run_weak_ablation(data, args.localization_data or default_localization_data(), args.out, config)
+            print(json.dumps({name: {k: v for k, v in r.items() if k != "localization"} | {
+                "mAP@0.5": r["localization"]["mAP@0.5"]} for name, r in results.items()}, indent=2))
+            print(f"ablation: {args.out / 'ablation.json'}")
+            return 0
+        path = train_weak(data, args.out, config, resume=args.resume)
+    else:
+        from avbind.models.training import train
+
+        config = TrainConfig(model=args.config, modalities=tuple(args.modalities), **given)
+        path = train(data, args.out, config, resume=args.resume)
     print(f"trained model: {path}")
     return 0
 
@@ -57,6 +86,22 @@ def _eval(args: argparse.Namespace) -> int:
         report = evaluate(args.checkpoint or default_checkpoint(), data, args.split, args.out,
                           streaming=not args.no_streaming)
     print(format_report(report))
+    if args.localization:
+        import json
+
+        from avbind.models.localization import evaluate_localization
+
+        if args.model:
+            raise SystemExit("avbind eval --localization takes --checkpoint (it runs the clip form)")
+        from avbind.models.weights import default_checkpoint
+
+        located = evaluate_localization(args.checkpoint or default_checkpoint(),
+                                        args.localization_data or default_localization_data(), args.split)
+        print("localization (proposals from the live event detector, THUMOS-style mAP):")
+        print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in located.items()))
+        report["localization"] = located
+        if args.out:
+            (args.out / "localization.json").write_text(json.dumps(located, indent=2))
     if args.out:
         print(f"report and confusion matrices: {args.out}")
     return 0
@@ -68,12 +113,21 @@ def add_train_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="AVE-layout folder (default: generate avsynth in the cache)")
     p.add_argument("--out", type=Path, default=Path("runs/avbind-s"), help="checkpoint folder")
     p.add_argument("--config", default=defaults["model"], help="model configuration (see `avbind models`)")
+    weak = asdict(WeakTrainConfig())
     for name in ("epochs", "crop_steps", "crops_per_video", "batch_size", "seed", "threads"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=defaults[name])
-    p.add_argument("--lr", type=float, default=defaults["lr"])
+        shown = f"{defaults[name]}" + (f"; weak: {weak[name]}" if name in weak else "")
+        p.add_argument("--" + name.replace("_", "-"), type=int, help=f"default: {shown}")
+    p.add_argument("--lr", type=float, help=f"default: {defaults['lr']}; weak: {weak['lr']}")
     p.add_argument("--modalities", nargs="+", choices=("video", "audio"), default=list(defaults["modalities"]),
                    help="train a single-modality model for ablations")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--weak", action="store_true",
+                   help="learn from video-level labels only (MIL, background suppression, denoised contrast)")
+    p.add_argument("--ablation", action="store_true",
+                   help="weak training once per loss term switched off, evaluated in the same run (OUT/ablation.json)")
+    p.add_argument("--localization-data", type=Path,
+                   help="AVE-layout set with long multi-event videos for --ablation's mAP "
+                        "(default: the avsynth localization set in the cache)")
     p.set_defaults(func=_train)
 
 
@@ -88,4 +142,8 @@ def add_eval_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", type=Path, help="folder for eval.json and confusion-matrix PNGs")
     p.add_argument("--no-streaming", action="store_true", help="skip the step-by-step streaming run")
+    p.add_argument("--localization", action="store_true",
+                   help="also localization mAP at tIoU 0.1-0.7 on long multi-event videos")
+    p.add_argument("--localization-data", type=Path,
+                   help="AVE-layout set for --localization (default: the avsynth localization set in the cache)")
     p.set_defaults(func=_eval)

@@ -44,16 +44,34 @@ class VerbNounHead(nn.Module):
         return {"verb_logits": verb_logits, "noun_logits": noun_logits, "action_scores": action}
 
 
+def relevance_gated_logits(class_logits: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """Event logits whose softmax is ``[r * softmax(class_logits), 1 - r]``.
+
+    A weakly trained model learns its classes from video-level labels and where events are from
+    the relevance score (BaS-Net's foreground filter); this folds both into the one output every
+    runtime already reads, so a weak model streams, exports and evaluates like a supervised one.
+    """
+    r = relevance.clamp(1e-6, 1 - 1e-6).unsqueeze(-1)
+    return torch.cat([torch.log(r) + torch.log_softmax(class_logits, dim=-1), torch.log1p(-r)], dim=-1)
+
+
 class Heads(nn.Module):
     """All heads over the aggregated hidden state of one step."""
 
     def __init__(self, in_dim: int, dims: HeadDims) -> None:
         super().__init__()
+        self.num_classes = dims.num_classes
+        self.gate_by_relevance = dims.gate_by_relevance
         self.event = nn.Linear(in_dim, dims.num_classes + 1)  # last index: background
         self.verb_noun = VerbNounHead(in_dim, dims) if dims.num_verbs else None
 
-    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {"event_logits": self.event(h)}
+    def forward(self, h: torch.Tensor, relevance: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.event(h)
+        if self.gate_by_relevance:
+            if relevance is None:
+                raise ValueError("a relevance-gated head needs the step's relevance")
+            logits = relevance_gated_logits(logits[..., : self.num_classes], relevance)
+        out = {"event_logits": logits}
         if self.verb_noun is not None:
             out.update(self.verb_noun(h))
         return out

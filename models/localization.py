@@ -2,7 +2,7 @@
 
 Proposals come from :func:`avbind.realtime.postprocess.events.detect_events`, the same detector
 that publishes live event boundaries, so offline localization and online events share one
-definition of an event. Numpy only.
+definition of an event. Numpy only, apart from :func:`evaluate_localization`, which runs a model.
 """
 
 from __future__ import annotations
@@ -10,10 +10,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from avbind.realtime.postprocess.events import DetectorSettings, detect_events
+
+if TYPE_CHECKING:
+    from avbind.models.network import AVBindNet
 
 THUMOS_TIOUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -114,3 +119,42 @@ def localization_map(
         out[f"mAP@{tiou:g}"] = float(np.mean(aps)) if aps else float("nan")
     out["mAP"] = float(np.mean([out[f"mAP@{t:g}"] for t in tious])) if tious else float("nan")
     return out
+
+
+def evaluate_localization(
+    checkpoint: str | Path | AVBindNet, data_dir: str | Path, split: str = "test",
+    settings: DetectorSettings | None = None, progress: bool = True, cache_dir: str | Path | None = None,
+) -> dict:
+    """Localization mAP of a model on an AVE-layout split whose videos may hold several events.
+
+    Class scores per step (the softmax of the event output, background column dropped) go through
+    :func:`proposals`, i.e. the live event detector; ground truth is every annotated event.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from avbind.models.checkpoint import load_model
+    from avbind.models.data.ave import load_ave
+    from avbind.models.data.steps import prepare_dataset
+    from avbind.models.evaluation import run_clip
+    from avbind.models.network import AVBindNet
+
+    model = checkpoint if isinstance(checkpoint, AVBindNet) else load_model(checkpoint)
+    model.eval()
+    dataset = load_ave(data_dir, split)
+    prepared = {v.video_id: v for v in prepare_dataset(
+        dataset, model.config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)}
+    step_s = 1.0 / model.config.step_rate_hz
+    num_classes = model.config.heads.num_classes
+    predictions: list[Segment] = []
+    truth: list[Segment] = []
+    for video in tqdm(dataset.videos, desc="localization", disable=not progress, leave=False):
+        label = dataset.class_names.index(video.category)
+        truth += [Segment(video.video_id, label, float(s), float(e)) for s, e in video.events]
+        steps = prepared[video.video_id]
+        outputs = run_clip(model, steps, (1.0, 1.0))
+        probs = torch.from_numpy(outputs["event_logits"]).softmax(-1).numpy()[:, :num_classes]
+        times = np.arange(len(probs)) * step_s
+        predictions += proposals(video.video_id, times, probs, settings, step_s)
+    return {"split": split, "videos": len(dataset.videos), "events": len(truth), "proposals": len(predictions),
+            **localization_map(predictions, truth)}

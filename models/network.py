@@ -119,7 +119,7 @@ class AVBindNet(nn.Module):
         video, shift_state = self.video.forward_step(frame, state[:n_shift])
         audio = self.audio(log_mel)
         hidden, relevance, fusion_state = self.fusion.step(video, audio, modality_mask, state[n_shift:])
-        outputs = {**self.heads(hidden), "relevance": relevance}
+        outputs = {**self.heads(hidden, relevance), "relevance": relevance}
         return {name: outputs[name] for name in self.output_names()}, [*shift_state, *fusion_state]
 
     def forward(
@@ -137,7 +137,7 @@ class AVBindNet(nn.Module):
         small), which is exactly the step form's computation.
         Returns outputs of shape (N, T, ...) and the state after the last step; with
         ``return_features`` also the per-step encoder outputs "video_features" and "audio_features"
-        (for training-time auxiliary losses).
+        and the fused "hidden" state the heads read (for training-time auxiliary and weak losses).
         """
         check_input("frames", frames, ("batch", "time", *self._frame_shape()))
         n, t = frames.shape[:2]
@@ -157,8 +157,9 @@ class AVBindNet(nn.Module):
             hidden, relevance, fusion_state = self.fusion.step(
                 video[:, i], audio[:, i], modality_mask[:, i], fusion_state
             )
-            per_step.append({**self.heads(hidden), "relevance": relevance})
-        outputs = {name: torch.stack([o[name] for o in per_step], dim=1) for name in self.output_names()}
+            per_step.append({**self.heads(hidden, relevance), "relevance": relevance, "hidden": hidden})
+        names = self.output_names() + (["hidden"] if return_features else [])
+        outputs = {name: torch.stack([o[name] for o in per_step], dim=1) for name in names}
         if return_features:
             outputs.update(video_features=video, audio_features=audio)
         return outputs, [*shift_state, *fusion_state]

@@ -16,21 +16,28 @@ import av
 import numpy as np
 import pytest
 
+from avbind.models.config import get_config
+from avbind.models.data.ave import load_ave
 from avbind.models.data.avsynth import (
     ANNOTATION_HEADER,
     CLASS_NAMES,
     CLASS_VERB_NOUN,
     NOUN_RGB,
     SIZES,
+    TREMOLO_HZ,
     SynthConfig,
     add_cli,
     annotate_clip,
     render_clip,
     write_dataset,
 )
+from avbind.models.data.steps import prepare_dataset
 
 TINY = SIZES["tiny"]
 WIDE = dataclasses.replace(TINY, n_train=60)  # more clips to find every class; only rendered, never written
+LOCAL = SIZES["localization"]
+# Two long clips at a small frame size: written and decoded in a few seconds.
+LOCAL_FEW = dataclasses.replace(LOCAL, n_train=1, n_val=0, n_test=1, size=64)
 LINE = re.compile(r"^(?P<cat>[^&\n]+)&(?P<vid>[A-Za-z0-9_-]{11})&good&(?P<start>\d{1,2})&(?P<end>\d{1,2})$")
 FPS, SR = TINY.fps, TINY.sample_rate
 
@@ -170,8 +177,8 @@ def test_seed_fixes_everything_and_another_seed_changes_it() -> None:
     np.testing.assert_array_equal(first[1], again[1])
     assert first[2] == again[2]
     other = dataclasses.replace(TINY, seed=1)
-    lines = [annotate_clip(TINY, i).line() for i in range(TINY.n_clips)]
-    assert lines != [annotate_clip(other, i).line() for i in range(TINY.n_clips)]
+    lines = [annotate_clip(TINY, i).lines() for i in range(TINY.n_clips)]
+    assert lines != [annotate_clip(other, i).lines() for i in range(TINY.n_clips)]
     assert not np.array_equal(first[0], render_clip(other, 3)[0])
 
 
@@ -191,7 +198,8 @@ def test_event_sound_is_loud_inside_the_event_and_absent_in_quiet_background() -
         _, audio, ann = _render(WIDE, i)
         margin = WIDE.max_audio_offset_s + 0.05  # seconds kept clear of the shifted event edges
         inside = audio[round((ann.start_s + margin) * SR) : round((ann.end_s - margin) * SR)]
-        busy = [(ann.start_s, ann.end_s)] + ([(d.start_s, d.end_s)] if (d := ann.audio_distractor) else [])
+        d = ann.audio_distractors[0] if ann.audio_distractors else None
+        busy = [(ann.start_s, ann.end_s)] + ([(d.start_s, d.end_s)] if d else [])
         quiet = [k for k in range(10) if all(not (a - margin < k + 1 and k < b + margin) for a, b in busy)]
         if not quiet:
             continue
@@ -243,7 +251,7 @@ def test_slide_sounds_are_falling_and_rising_chirps(noun: str) -> None:
         hop, win = 160, 1024
         frames = np.lib.stride_tricks.sliding_window_view(x, win)[::hop] * np.hanning(win)
         spectrum = np.abs(np.fft.rfft(frames, axis=1))
-        band = slice(200 * win // SR, 1500 * win // SR)  # around the disc's 523 Hz +- half an octave
+        band = slice(200 * win // SR, 1500 * win // SR)  # around the disc's 523 Hz +- 0.75 octave
         peaks = spectrum[:, band].argmax(axis=1)
         return np.sign(np.diff(peaks))
 
@@ -253,9 +261,9 @@ def test_slide_sounds_are_falling_and_rising_chirps(noun: str) -> None:
     assert (rising > 0).sum() > 3 * (rising < 0).sum()
 
 
-def test_rotation_sounds_are_time_mirrors_not_time_shifts() -> None:
-    """Clockwise glides up fast and down slowly, counter-clockwise the reverse: a sine and its
-    negative would be the same sound half a cycle apart, telling the pair apart only at onset."""
+def test_rotation_sounds_are_rising_and_falling_chirps_with_tremolo() -> None:
+    """Clockwise rises, counter-clockwise falls (a sine and its negative would be the same sound
+    half a cycle apart); the loudness wobbles at TREMOLO_HZ, which a slide's chirp does not."""
 
     def rising_fraction(index: int) -> float:
         _, audio, ann = _render(WIDE, index)
@@ -263,11 +271,139 @@ def test_rotation_sounds_are_time_mirrors_not_time_shifts() -> None:
         hop, win = 160, 2048
         frames = np.lib.stride_tricks.sliding_window_view(x, win)[::hop] * np.hanning(win)
         spectrum = np.abs(np.fft.rfft(frames, axis=1))
-        band = slice(150 * win // SR, 420 * win // SR)  # the square's 262 Hz fundamental +- 2/3 octave
+        band = slice(350 * win // SR, 1400 * win // SR)  # the square's 698 Hz fundamental +- 1 octave
         power = spectrum[:, band] ** 2
         pitch = (power * np.arange(power.shape[1])).sum(axis=1) / power.sum(axis=1)  # centroid, in bins
         slope = np.diff(np.convolve(pitch, np.ones(5) / 5, mode="valid"))
         return float(np.mean(slope > 0))  # share of the time the pitch goes up
 
-    assert rising_fraction(_find(WIDE, "Rotate clockwise blue square")) < 0.4
-    assert rising_fraction(_find(WIDE, "Rotate counter-clockwise blue square")) > 0.6
+    assert rising_fraction(_find(WIDE, "Rotate clockwise blue square")) > 0.6
+    assert rising_fraction(_find(WIDE, "Rotate counter-clockwise blue square")) < 0.4
+
+    def tremolo_share(index: int) -> float:
+        _, audio, ann = _render(WIDE, index)
+        x = audio[round((ann.start_s + 0.25) * SR) : round((ann.end_s - 0.25) * SR)]
+        envelope = np.sqrt(np.convolve(x**2, np.ones(160) / 160, mode="valid"))[::160]  # 100 Hz
+        spectrum = np.abs(np.fft.rfft(envelope - envelope.mean())) ** 2
+        freqs = np.fft.rfftfreq(len(envelope), 0.01)
+        near = (freqs > TREMOLO_HZ - 1) & (freqs < TREMOLO_HZ + 1)
+        return float(spectrum[near].sum() / spectrum[freqs > 3].sum())  # above the cycle rate
+
+    names = ("Rotate clockwise blue square", "Slide left red disc")
+    rotation, slide = (tremolo_share(_find(WIDE, name)) for name in names)
+    assert rotation > 0.4 and rotation > 2.5 * slide, (rotation, slide)
+
+
+def test_default_sizes_keep_one_event_in_ten_seconds() -> None:
+    for i in range(TINY.n_clips):
+        ann = annotate_clip(TINY, i)
+        assert ann.duration_s == 10 and len(ann.events) == 1 and len(ann.lines()) == 1
+        assert len(ann.visual_distractors) <= 1 and len(ann.audio_distractors) <= 1
+        assert (ann.start_s, ann.end_s) == ann.events[0]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"min_duration_s": 70},
+        {"min_duration_s": 0},
+        {"max_event_s": 0},
+        {"max_event_s": 61},
+        {"events_per_clip": (0, 2)},
+        {"events_per_clip": (3, 2)},
+        {"min_event_s": 40},  # longer than the shortest clip
+    ],
+)
+def test_localization_settings_are_validated(change: dict) -> None:
+    with pytest.raises(ValueError, match=r"min_event_s|events_per_clip|duration_s"):
+        dataclasses.replace(LOCAL, **change)
+
+
+def test_localization_clips_hold_several_separated_events_and_busy_background() -> None:
+    durations, counts, lengths = set(), set(), set()
+    for i in range(LOCAL.n_clips):  # annotations only: no rendering
+        ann = annotate_clip(LOCAL, i)
+        assert 30 <= ann.duration_s <= 60 and 2 <= len(ann.events) <= 5, ann
+        assert all(1 <= b - a <= 8 for a, b in ann.events), ann
+        assert ann.events[0][0] >= 0 and ann.events[-1][1] <= ann.duration_s, ann
+        assert all(b + 1 <= c for (_, b), (c, _) in zip(ann.events[:-1], ann.events[1:], strict=True)), ann  # gaps
+        assert len(ann.lines()) == len(ann.events) and ann.start_s == ann.events[0][0]
+        for d in ann.visual_distractors + ann.audio_distractors:  # only in background
+            assert 0 <= d.start_s < d.end_s <= ann.duration_s
+            assert all(d.end_s <= a or b <= d.start_s for a, b in ann.events), (d, ann)
+        for v in ann.visual_distractors:  # seen and heard together would be an event
+            for a in ann.audio_distractors:
+                assert v.class_index != a.class_index or v.end_s <= a.start_s or a.end_s <= v.start_s
+        durations.add(ann.duration_s)
+        counts.add(len(ann.events))
+        lengths.update(b - a for a, b in ann.events)
+    assert len(durations) > 15 and counts == {2, 3, 4, 5} and lengths == set(range(1, 9))
+    assert sum(annotate_clip(LOCAL, i).duration_s for i in range(LOCAL.n_clips)) < 1.1 * SIZES["default"].n_clips * 10
+
+
+def test_localization_object_moves_only_inside_events_and_sounds_there() -> None:
+    """Between events the object stands where it stopped and picks up from there: no pose jump at
+    an onset. Its sound is loud inside every event and absent in quiet background."""
+    config = dataclasses.replace(LOCAL, size=96)
+
+    def plain(i: int) -> bool:  # the object stays on screen, and no distractor shares its colour
+        ann = annotate_clip(config, i)
+        noun = CLASS_VERB_NOUN[ann.category][1]
+        nouns = {CLASS_VERB_NOUN[CLASS_NAMES[d.class_index]][1] for d in ann.visual_distractors}
+        return ann.idle_visible and noun not in nouns
+
+    index = next(i for i in range(config.n_clips) if plain(i))
+    frames, audio, ann = render_clip(config, index)
+    assert frames.shape == (ann.duration_s * FPS, 96, 96, 3) and audio.shape == (ann.duration_s * SR,)
+    noun = CLASS_VERB_NOUN[ann.category][1]
+    mask = (np.abs(frames.astype(np.int16) - np.array(NOUN_RGB[noun], np.int16)) < 60).all(axis=-1)
+    change = (mask[1:] ^ mask[:-1]).sum(axis=(1, 2))  # change[k]: pixels that differ from frame k to k + 1
+    inside = np.zeros(len(frames), bool)
+    for a, b in ann.events:
+        inside[a * FPS : b * FPS] = True
+    moving = np.median(change[inside[:-1] & inside[1:]])
+    still = np.median(change[~inside[:-1] & ~inside[1:]])
+    assert moving > 5 * max(still, 5), (moving, still)
+    edges = [k * FPS - 1 for a, b in ann.events for k in (a, b) if 0 < k < ann.duration_s]
+    assert edges  # into an event's first frame and out of its last: no motion, and no jump either
+    assert all(change[e] < 0.3 * moving for e in edges), change[edges]
+
+    margin = LOCAL.max_audio_offset_s + 0.05
+    busy = list(ann.events) + [(d.start_s, d.end_s) for d in ann.audio_distractors]
+    quiet = [k for k in range(ann.duration_s) if all(not (a - margin < k + 1 and k < b + margin) for a, b in busy)]
+    assert quiet, ann
+    background = np.mean(np.concatenate([audio[k * SR : (k + 1) * SR] for k in quiet]) ** 2)
+    for a, b in ann.events:
+        inside_audio = audio[round((a + margin) * SR) : round((b - margin) * SR)]
+        assert np.mean(inside_audio**2) > 2.5 * background, (a, b)
+
+
+@pytest.fixture(scope="module")
+def local_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("avsynth") / "local", LOCAL_FEW, progress=False, workers=1)
+
+
+def test_localization_set_writes_a_line_per_event_and_loads_with_its_durations(local_dir: Path) -> None:
+    anns = [annotate_clip(LOCAL_FEW, i) for i in range(LOCAL_FEW.n_clips)]
+    lines = _lines(local_dir / "Annotations.txt")
+    assert lines[1:] == [line for ann in anns for line in ann.lines()]
+    assert len(lines) == 1 + sum(len(ann.events) for ann in anns)
+    assert _lines(local_dir / "testSet.txt") == anns[1].lines()
+    dataset = load_ave(local_dir)
+    videos = {v.video_id: v for v in dataset.videos}
+    for ann in anns:
+        video = videos[ann.video_id]
+        assert video.events == ann.events and video.duration_s == ann.duration_s
+        frames, samples = _decode(video.path)
+        assert abs(len(frames) - ann.duration_s * FPS) <= 1 and abs(len(samples) / SR - ann.duration_s) <= 0.1
+
+    config = get_config("avbind-xs")
+    prepared = {p.video_id: p for p in prepare_dataset(dataset, config, workers=1, progress=False)}
+    for ann in anns:
+        expected = np.full(ann.duration_s, dataset.background)
+        for a, b in ann.events:
+            expected[a:b] = ann.class_index
+        video = prepared[ann.video_id]
+        assert len(video.labels) == ann.duration_s * config.step_rate_hz
+        np.testing.assert_array_equal(video.segment_labels, expected)
+        np.testing.assert_array_equal(video.labels, np.repeat(expected, round(config.step_rate_hz)))

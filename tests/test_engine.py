@@ -40,7 +40,8 @@ BACKGROUND = len(CLASS_NAMES)
 
 def _labels(annotation) -> np.ndarray:
     labels = np.full(10, BACKGROUND)
-    labels[annotation.start_s : annotation.end_s] = annotation.class_index
+    for start, end in annotation.events:
+        labels[start:end] = annotation.class_index
     return labels
 
 

@@ -217,3 +217,23 @@ def test_tensorrt_engine_matches_onnxruntime(exported, tmp_path: Path) -> None: 
         b, ort_state = ort_backend.step(inputs, ort_state)
         for name in a:
             assert np.abs(a[name] - b[name]).max() <= 1e-3, name
+
+
+def test_relevance_gated_model_exports_and_matches_torch(tmp_path: Path) -> None:
+    """A weakly trained model's output (background = 1 - relevance) survives export unchanged."""
+    from dataclasses import replace
+
+    base = get_config("avbind-xs")
+    model = calibrated_model(replace(base, heads=replace(base.heads, gate_by_relevance=True)))
+    model.class_names = [f"event {i}" for i in range(model.config.heads.num_classes)]
+    checkpoint = save_checkpoint(tmp_path / "weak.pt", model)
+    onnx_path = tmp_path / "weak.onnx"
+    export_model(model, onnx_path)
+    ort_backend, torch_backend = create_backend(onnx_path, "onnxruntime"), create_backend(checkpoint, "torch")
+    ort_state, torch_state = ort_backend.initial_state(2), torch_backend.initial_state(2)
+    for inputs in _stream(ort_backend.info, 2, steps=30, seed=5):
+        ort_out, ort_state = ort_backend.step(inputs, ort_state)
+        torch_out, torch_state = torch_backend.step(inputs, torch_state)
+        np.testing.assert_allclose(ort_out["event_logits"], torch_out["event_logits"], atol=PARITY, rtol=0)
+        background = np.exp(ort_out["event_logits"][:, -1])
+        np.testing.assert_allclose(background, 1 - ort_out["relevance"], atol=1e-5)

@@ -1,7 +1,8 @@
 """The AVE data set's on-disk layout: a folder of mp4 files, Annotations.txt and split files.
 
 Lines are ``Category&VideoID&Quality&StartTime&EndTime`` (times in whole seconds; the clip is ten
-one-second segments). avsynth writes exactly this layout, so one loader serves both.
+one-second segments). avsynth writes exactly this layout, so one loader serves both; its longer
+localization clips, with a line per event, record their length in ``avsynth.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class AveVideo:
     category: str
     path: Path
     events: tuple[tuple[int, int], ...]  # (start_s, end_s) intervals of the event, end exclusive
+    duration_s: int = SEGMENTS  # clip length in one-second segments (AVE: always 10)
 
     def segment_labels(self, class_index: int, background: int, segments: int = SEGMENTS) -> np.ndarray:
         """(segments,) class per one-second segment; ``background`` outside the event."""
@@ -53,7 +55,8 @@ class AveDataset:
         return tuple(sorted({n for _, n in (self.class_verb_noun or {}).values()}))
 
     def labels(self, video: AveVideo) -> np.ndarray:
-        return video.segment_labels(self.class_names.index(video.category), self.background)
+        """(video.duration_s,) class per one-second segment."""
+        return video.segment_labels(self.class_names.index(video.category), self.background, video.duration_s)
 
 
 def parse_line(line: str, where: str) -> tuple[str, str, str, int, int]:
@@ -104,14 +107,17 @@ def load_ave(root: str | Path, split: str | None = None) -> AveDataset:
         if category not in class_names:
             raise ValueError(f"{annotations}: category {category!r} is not in {classes_file.name}")
         events.setdefault(video_id, []).append((start, end))
+    verb_noun = None
+    durations: dict[str, int] = {}  # AVE's own clips are all SEGMENTS long and have no such record
+    meta = root / "avsynth.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        verb_noun = {k: tuple(v) for k, v in info["class_verb_noun"].items()}
+        durations = {c["video_id"]: int(c["duration_s"]) for c in info.get("clips", []) if "duration_s" in c}
     videos = []
     for video_id, spans in events.items():
         path = root / "AVE" / f"{video_id}.mp4"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: listed in {annotations.name} but missing")
-        videos.append(AveVideo(video_id, categories[video_id], path, tuple(spans)))
-    verb_noun = None
-    meta = root / "avsynth.json"
-    if meta.is_file():
-        verb_noun = {k: tuple(v) for k, v in json.loads(meta.read_text())["class_verb_noun"].items()}
+        videos.append(AveVideo(video_id, categories[video_id], path, tuple(spans), durations.get(video_id, SEGMENTS)))
     return AveDataset(root, class_names, tuple(videos), verb_noun)

@@ -13,6 +13,9 @@ that neither modality alone nor a single frame solves it:
   and white or pink audio noise.
 * The event's sound is shifted by up to ``max_audio_offset_s`` against its picture (the temporal
   binding window); annotations follow the picture.
+* The ``localization`` size makes longer clips (30 to 60 s) holding several events of one class,
+  of varied length, apart by background, so that a model must find where each event starts and
+  ends rather than label a clip that is mostly event.
 
 Everything follows from ``(seed, clip index)``: a clip's content does not depend on generation
 order or the number of worker processes.
@@ -50,10 +53,17 @@ KNOCK_DECAY_S = 0.1  # seconds, time constant of the bounce knock
 # 90-degree symmetry (at one turn per cycle, 58-90 degrees per step, the square's body turning
 # clockwise looked like it turned counter-clockwise).
 CYCLES_PER_TURN = 2.5
-RISE_FRACTION = 0.25  # part of a rotation sound's cycle spent on its fast pitch glide
+TREMOLO_HZ = 8.0  # loudness wobble that marks a rotation's chirps apart from a slide's
+# Octaves a slide's or rotation's chirp sweeps per cycle (v3 and before: 1). At 64 mels a one-octave
+# glide over a second moved a low sound by a few mel bands, too shallow for the audio model to
+# learn its direction reliably.
+GLIDE_OCTAVES = 1.5
 SUBPIXEL_BITS = 4  # cv2 drawing shift: coordinates in 1/16 pixel, so slow motion stays smooth
 ANNOTATION_HEADER = "Category&VideoID&Quality&StartTime&EndTime"
-GENERATOR_VERSION = 2  # bump when the same seed renders different content (2: rotation sounds and speed)
+# Bump when the same seed renders different content. 2: rotation sounds and speed. 3: rotation
+# sounds are chirps with tremolo, the star's hiss is narrower, distractors are more frequent.
+# 4: wider glides, a higher blue square.
+GENERATOR_VERSION = 4
 SPLITS = ("train", "val", "test")
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 
@@ -87,7 +97,7 @@ NOUN_SHAPE = {"red disc": "disc", "blue square": "square", "green triangle": "tr
 # Timbre and base pitch (Hz) per noun: the sound says *what* moves, its pattern says *how*.
 NOUN_TIMBRE = {
     "red disc": ("sine", 523.0),
-    "blue square": ("square", 262.0),
+    "blue square": ("square", 698.0),  # v3 and before: 262 Hz, too low for 64 mels to show its glides
     "green triangle": ("saw", 392.0),
     "yellow star": ("noise", 1760.0),
 }
@@ -127,7 +137,11 @@ class SynthConfig:
     duration_s: int = CLIP_SECONDS  # seconds = segments per clip
     max_audio_offset_s: float = MAX_AUDIO_OFFSET_S  # seconds, |audio - video| of the event
     min_event_s: int = 2  # shortest event, segments
-    distractor_prob: float = 0.4  # per clip, for each of visual-only and audio-only distractors
+    max_event_s: int | None = None  # longest event, segments; None: the clip's length
+    min_duration_s: int | None = None  # None: every clip lasts duration_s; else in [min_duration_s, duration_s]
+    events_per_clip: tuple[int, int] = (1, 1)  # fewest and most events per clip, inclusive
+    # Per clip (multi-event clips: per background run), for each of visual-only and audio-only distractors.
+    distractor_prob: float = 0.75
     snr_db: tuple[float, float] = (6.0, 20.0)  # dB, event sound over background noise
     pixel_noise: float = 3.0  # standard deviation of per-frame camera noise, 8-bit levels
     flicker: float = 0.04  # largest relative brightness flicker
@@ -141,6 +155,24 @@ class SynthConfig:
             raise ValueError(f"need 1 <= min_event_s <= duration_s, got {self.min_event_s}, {self.duration_s}")
         if not 0 <= self.max_audio_offset_s < 0.5:
             raise ValueError("max_audio_offset_s must lie in [0, 0.5) so an event stays inside its segments")
+        if self.min_duration_s is not None and not self.min_event_s <= self.min_duration_s <= self.duration_s:
+            raise ValueError(
+                f"need min_event_s <= min_duration_s <= duration_s, got {self.min_event_s}, "
+                f"{self.min_duration_s}, {self.duration_s}"
+            )
+        if self.max_event_s is not None and not self.min_event_s <= self.max_event_s <= self.duration_s:
+            raise ValueError(
+                f"need min_event_s <= max_event_s <= duration_s, got {self.min_event_s}, "
+                f"{self.max_event_s}, {self.duration_s}"
+            )
+        if len(self.events_per_clip) != 2 or not 1 <= self.events_per_clip[0] <= self.events_per_clip[1]:
+            raise ValueError(f"events_per_clip must be (fewest, most), 1 <= fewest <= most, got {self.events_per_clip}")
+
+    @property
+    def single_event(self) -> bool:
+        """Whether clips are planned as the tiny/small/default sets always were (one event in a clip
+        of duration_s), which keeps those sets' content fixed; any other setting plans long clips."""
+        return tuple(self.events_per_clip) == (1, 1) and self.min_duration_s is None and self.max_event_s is None
 
     @property
     def n_clips(self) -> int:
@@ -159,6 +191,18 @@ SIZES: dict[str, SynthConfig] = {
     "tiny": SynthConfig(n_train=6, n_val=2, n_test=2),  # for tests: seconds
     "small": SynthConfig(n_train=60, n_val=10, n_test=20),  # smoke training runs
     "default": SynthConfig(),
+    # Temporal localization: 30-60 s clips with 2-5 events of 1-8 s. About as many seconds of
+    # media as "default", so it takes about as long to generate.
+    "localization": SynthConfig(
+        n_train=60,
+        n_val=10,
+        n_test=30,
+        duration_s=60,
+        min_duration_s=30,
+        events_per_clip=(2, 5),
+        min_event_s=1,
+        max_event_s=8,
+    ),
 }
 
 
@@ -177,20 +221,39 @@ class ClipAnnotation:
 
     video_id: str
     split: str
-    class_index: int
-    start_s: int  # first event segment
-    end_s: int  # one past the last event segment
-    audio_offset_s: float  # event sound time minus event picture time
-    visual_distractor: Distractor | None
-    audio_distractor: Distractor | None
-    idle_visible: bool  # the event's object stands still on screen outside the event
+    class_index: int  # every event of a clip is of this class
+    events: tuple[tuple[int, int], ...]  # sorted, disjoint (start_s, end_s) in segments, end exclusive
+    duration_s: int  # clip length, seconds = segments
+    audio_offset_s: float  # event sound time minus event picture time, the same for every event
+    visual_distractors: tuple[Distractor, ...]  # in background segments only, sorted by time
+    audio_distractors: tuple[Distractor, ...]  # in background segments only, sorted by time
+    idle_visible: bool  # the event's object stands still on screen outside the events
 
     @property
     def category(self) -> str:
         return CLASS_NAMES[self.class_index]
 
-    def line(self) -> str:
-        return f"{self.category}&{self.video_id}&good&{self.start_s}&{self.end_s}"
+    @property
+    def start_s(self) -> int:
+        """First segment of the *first* event: the whole event of a single-event clip."""
+        return self.events[0][0]
+
+    @property
+    def end_s(self) -> int:
+        """One past the last segment of the *first* event."""
+        return self.events[0][1]
+
+    def lines(self) -> list[str]:
+        """One AVE annotation line per event; AVE's format allows several lines per video."""
+        return [f"{self.category}&{self.video_id}&good&{start}&{end}" for start, end in self.events]
+
+    def clock(self, t: float, fps: int) -> float:
+        """Motion time of the event's object at clip time ``t``: it runs inside events only, so
+        between events the object holds its last pose and the next event resumes from there."""
+        clock = 0.0
+        for start, end in self.events:
+            clock += min(max(t - start, 0.0), (end - start) - 1 / fps)
+        return clock
 
 
 @dataclass(frozen=True)
@@ -231,13 +294,15 @@ class _Actor:
         u = (t / self.period_s) % 1.0
         octaves, amp = np.zeros_like(t), np.ones_like(t)
         if self.verb.startswith("slide"):  # falling chirp for left, rising for right
-            octaves = (0.5 - u) if self.verb == "slide left" else (u - 0.5)
+            octaves = GLIDE_OCTAVES * ((0.5 - u) if self.verb == "slide left" else (u - 0.5))
             amp = np.clip(np.minimum(u, 1 - u) / 0.05, 0, 1)
         elif self.verb.startswith("rotate"):
-            # Fast rise then slow fall (clockwise) vs its time mirror. Not a sine and its negative:
-            # those are the same sound half a cycle apart, so only the onset would tell them apart.
-            v = u if self.verb == "rotate clockwise" else 1 - u
-            octaves = np.where(v < RISE_FRACTION, v / RISE_FRACTION, (1 - v) / (1 - RISE_FRACTION)) - 0.5
+            # Rising (clockwise) vs falling chirps with a tremolo. Version 2 used a fast rise and a
+            # slow fall vs its mirror: learnable in principle, but the audio model never told them
+            # apart (0% clockwise when audio alone); a chirp between silent cycle edges is what the
+            # slides use and what it does learn.
+            octaves = GLIDE_OCTAVES * ((u - 0.5) if self.verb == "rotate clockwise" else (0.5 - u))
+            amp = np.clip(np.minimum(u, 1 - u) / 0.05, 0, 1) * (0.6 + 0.4 * np.sin(2 * np.pi * TREMOLO_HZ * t))
         elif self.verb in ("grow", "shrink"):  # swell vs fade
             amp = 0.1 + 0.9 * (u if self.verb == "grow" else 1 - u)
         elif self.verb == "bounce":  # a decaying knock at each landing
@@ -251,7 +316,9 @@ class _Actor:
         elif timbre == "saw":
             wave = (2 / np.pi) * sum((-1) ** (k + 1) * np.sin(k * phase) / k for k in range(1, 7))
         else:  # band noise: low-passed noise on a carrier, a hiss that still follows the pitch
-            noise = np.convolve(rng.standard_normal(len(t)), np.ones(8) / np.sqrt(8), mode="same")
+            # 24 taps: a band about 700 Hz wide, narrow enough that its glide shows (8 taps smeared
+            # the star's chirps, and their direction, over 2 kHz).
+            noise = np.convolve(rng.standard_normal(len(t)), np.ones(24) / np.sqrt(24), mode="same")
             wave = noise * np.sin(phase)
         return amp * wave
 
@@ -277,9 +344,9 @@ def _make_actor(rng: np.random.Generator, class_index: int, size: int) -> _Actor
 @dataclass(frozen=True)
 class _ClipPlan:
     annotation: ClipAnnotation
-    event: _Actor
-    visual: _Actor | None
-    audio: _Actor | None
+    event: _Actor  # one object plays every event of the clip
+    visuals: tuple[_Actor, ...]  # one per annotation.visual_distractors
+    audios: tuple[_Actor, ...]  # one per annotation.audio_distractors
     gain: float  # event sound amplitude
     distractor_level: float  # audio distractor RMS over event RMS
     snr_db: float  # event RMS over noise RMS
@@ -298,23 +365,48 @@ def _pick_background_run(rng: np.random.Generator, start: int, end: int, total: 
     if not runs:
         return None
     a, b = runs[rng.integers(len(runs))]
-    length = int(rng.integers(1, b - a + 1))
+    length = int(rng.integers((b - a + 1) // 2, b - a + 1))  # at least half the run, so background is busy
     first = int(rng.integers(a, b - length + 1))
     return first, first + length
 
 
-def _plan_clip(config: SynthConfig, index: int) -> _ClipPlan:
-    """All random choices of a clip, from a generator seeded by (seed, index) alone."""
+def _class_of(config: SynthConfig, index: int) -> tuple[str, int]:
+    """Split and class of a clip. Classes cycle through a per-split permutation, so every run of
+    10 clips of a split holds every class."""
     split, position = config.split_of(index)
-    # Classes cycle through a per-split permutation, so every run of 10 clips holds every class.
     order = np.random.default_rng([config.seed, 1_000_003, SPLITS.index(split)]).permutation(len(CLASS_NAMES))
-    class_index = int(order[position % len(CLASS_NAMES)])
+    return split, int(order[position % len(CLASS_NAMES)])
+
+
+def _audio_offset(rng: np.random.Generator, config: SynthConfig) -> float:
+    offset = float(np.round(rng.uniform(-1, 1) * config.max_audio_offset_s * config.sample_rate))
+    return offset / config.sample_rate  # whole samples, so the stored value is exactly the one applied
+
+
+def _separate(visual: Distractor | None, audio: Distractor | None) -> Distractor | None:
+    """The audio distractor, moved to the next class if it would be seen and heard with the visual
+    one: that would be an event."""
+    if (
+        visual
+        and audio
+        and visual.class_index == audio.class_index
+        and (audio.start_s < visual.end_s and visual.start_s < audio.end_s)
+    ):
+        return dataclasses.replace(audio, class_index=(audio.class_index + 1) % len(CLASS_NAMES))
+    return audio
+
+
+def _plan_clip(config: SynthConfig, index: int) -> _ClipPlan:
+    """All random choices of a single-event clip, from a generator seeded by (seed, index) alone.
+
+    Its draws are those of every generator version-3 set: changing their order changes the data.
+    """
+    split, class_index = _class_of(config, index)
     rng = np.random.default_rng([config.seed, index])
     video_id = _video_id(rng)
     length = int(rng.integers(config.min_event_s, config.duration_s + 1))
     start = int(rng.integers(0, config.duration_s - length + 1))
-    offset = float(np.round(rng.uniform(-1, 1) * config.max_audio_offset_s * config.sample_rate))
-    offset /= config.sample_rate  # whole samples, so the stored value is exactly the one applied
+    offset = _audio_offset(rng, config)
     event = _make_actor(rng, class_index, config.size)
     distractors: list[Distractor | None] = []
     for _kind in ("visual", "audio"):
@@ -322,24 +414,25 @@ def _plan_clip(config: SynthConfig, index: int) -> _ClipPlan:
         use = rng.uniform() < config.distractor_prob
         cls = int(rng.integers(len(CLASS_NAMES)))
         distractors.append(Distractor(cls, *span) if use and span else None)
-    visual, audio = distractors
-    if (
-        visual
-        and audio
-        and visual.class_index == audio.class_index
-        and (audio.start_s < visual.end_s and visual.start_s < audio.end_s)
-    ):  # seen and heard together would be an event: make the sound another class
-        audio = dataclasses.replace(audio, class_index=(audio.class_index + 1) % len(CLASS_NAMES))
+    visual, audio = distractors[0], _separate(*distractors)
     vis_actor = _make_actor(rng, visual.class_index, config.size) if visual else None
     aud_actor = _make_actor(rng, audio.class_index, config.size) if audio else None
     annotation = ClipAnnotation(
-        video_id, split, class_index, start, start + length, offset, visual, audio, bool(rng.uniform() < 0.5)
+        video_id,
+        split,
+        class_index,
+        ((start, start + length),),
+        config.duration_s,
+        offset,
+        (visual,) if visual else (),
+        (audio,) if audio else (),
+        bool(rng.uniform() < 0.5),
     )
     return _ClipPlan(
         annotation,
         event,
-        vis_actor,
-        aud_actor,
+        (vis_actor,) if vis_actor else (),
+        (aud_actor,) if aud_actor else (),
         gain=float(rng.uniform(0.08, 0.16)),
         distractor_level=float(rng.uniform(0.7, 1.0)),
         snr_db=float(rng.uniform(*config.snr_db)),
@@ -347,9 +440,93 @@ def _plan_clip(config: SynthConfig, index: int) -> _ClipPlan:
     )
 
 
+def _place_events(rng: np.random.Generator, config: SynthConfig, duration: int) -> list[tuple[int, int]]:
+    """Sorted, disjoint events with at least one background segment between neighbours; fewer
+    than drawn when the drawn lengths do not fit in the clip."""
+    low, high = config.events_per_clip
+    longest = min(config.max_event_s or duration, duration)
+    lengths = [int(n) for n in rng.integers(config.min_event_s, longest + 1, size=int(rng.integers(low, high + 1)))]
+    while sum(lengths) + len(lengths) - 1 > duration:  # min_event_s <= min_duration_s: one always fits
+        lengths.pop()
+    slack = duration - sum(lengths) - (len(lengths) - 1)  # background beyond the mandatory gaps
+    cuts = np.sort(rng.integers(0, slack + 1, size=len(lengths)))  # extra background before each event
+    events, at, used = [], 0, 0
+    for length, cut in zip(lengths, cuts, strict=True):
+        at += int(cut) - used
+        used = int(cut)
+        events.append((at, at + length))
+        at += length + 1
+    return events
+
+
+def _background_runs(events: list[tuple[int, int]], duration: int) -> list[tuple[int, int]]:
+    """The (start_s, end_s) stretches of a clip that no event covers."""
+    runs, at = [], 0
+    for start, end in [*events, (duration, duration)]:
+        if start > at:
+            runs.append((at, start))
+        at = end
+    return runs
+
+
+def _plan_long_clip(config: SynthConfig, index: int) -> _ClipPlan:
+    """All random choices of a multi-event (localization) clip, from (seed, index) alone.
+
+    Its own generator stream, so its video id differs from the single-event clip of the same index.
+    """
+    split, class_index = _class_of(config, index)
+    rng = np.random.default_rng([config.seed, index, 2])
+    video_id = _video_id(rng)
+    low = config.duration_s if config.min_duration_s is None else config.min_duration_s
+    duration = int(rng.integers(low, config.duration_s + 1))
+    events = _place_events(rng, config, duration)
+    offset = _audio_offset(rng, config)
+    event = _make_actor(rng, class_index, config.size)
+    visuals: list[Distractor] = []
+    audios: list[Distractor] = []
+    for a, b in _background_runs(events, duration):  # each run may hold one distractor of each kind
+        picked: list[Distractor | None] = []
+        for _kind in ("visual", "audio"):
+            use = rng.uniform() < config.distractor_prob
+            length = int(rng.integers((b - a + 1) // 2, b - a + 1))  # at least half the run, as in short clips
+            first = int(rng.integers(a, b - length + 1))
+            cls = int(rng.integers(len(CLASS_NAMES)))
+            picked.append(Distractor(cls, first, first + length) if use else None)
+        visual, audio = picked[0], _separate(*picked)
+        visuals += [visual] if visual else []
+        audios += [audio] if audio else []
+    vis_actors = tuple(_make_actor(rng, d.class_index, config.size) for d in visuals)
+    aud_actors = tuple(_make_actor(rng, d.class_index, config.size) for d in audios)
+    annotation = ClipAnnotation(
+        video_id,
+        split,
+        class_index,
+        tuple(events),
+        duration,
+        offset,
+        tuple(visuals),
+        tuple(audios),
+        bool(rng.uniform() < 0.5),
+    )
+    return _ClipPlan(
+        annotation,
+        event,
+        vis_actors,
+        aud_actors,
+        gain=float(rng.uniform(0.08, 0.16)),
+        distractor_level=float(rng.uniform(0.7, 1.0)),
+        snr_db=float(rng.uniform(*config.snr_db)),
+        pink=bool(rng.uniform() < 0.5),
+    )
+
+
+def _plan(config: SynthConfig, index: int) -> _ClipPlan:
+    return _plan_clip(config, index) if config.single_event else _plan_long_clip(config, index)
+
+
 def annotate_clip(config: SynthConfig, index: int) -> ClipAnnotation:
     """The annotation alone, without rendering: cheap enough to list a whole data set."""
-    return _plan_clip(config, index).annotation
+    return _plan(config, index).annotation
 
 
 def _draw(img: np.ndarray, noun_or_shape: str, rgb: tuple[int, int, int], pose: tuple[float, ...]) -> None:
@@ -385,20 +562,18 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _render_video(plan: _ClipPlan, config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
-    ann, n_frames, size = plan.annotation, config.fps * config.duration_s, config.size
+    ann, n_frames, size = plan.annotation, config.fps * plan.annotation.duration_s, config.size
     background = _background(rng, size)
     frames = np.empty((n_frames, size, size, 3), np.uint8)
-    event_len = ann.end_s - ann.start_s
-    last = event_len - 1 / config.fps
     for f in range(n_frames):
         t = f / config.fps
         img = background.copy()
-        if ann.start_s <= t < ann.end_s or ann.idle_visible:  # outside: still, at its first/last pose
-            pose = plan.event.pose(min(max(t - ann.start_s, 0.0), last))
-            _draw(img, plan.event.noun, NOUN_RGB[plan.event.noun], pose)
-        vis = ann.visual_distractor
-        if vis and plan.visual and vis.start_s <= t < vis.end_s:
-            _draw(img, plan.visual.noun, NOUN_RGB[plan.visual.noun], plan.visual.pose(t - vis.start_s))
+        # Outside events the object is hidden, or still at the pose where its motion clock stopped.
+        if ann.idle_visible or any(start <= t < end for start, end in ann.events):
+            _draw(img, plan.event.noun, NOUN_RGB[plan.event.noun], plan.event.pose(ann.clock(t, config.fps)))
+        for vis, actor in zip(ann.visual_distractors, plan.visuals, strict=True):
+            if vis.start_s <= t < vis.end_s:
+                _draw(img, actor.noun, NOUN_RGB[actor.noun], actor.pose(t - vis.start_s))
         frames[f] = img
     # Camera noise from a small bank of noise images at random shifts: per-frame Gaussian noise
     # at a fraction of the cost of drawing it fresh for every pixel of every frame.
@@ -416,13 +591,23 @@ def _render_video(plan: _ClipPlan, config: SynthConfig, rng: np.random.Generator
 
 
 def _sound_track(
-    actor: _Actor, begin_s: float, end_s: float, gain: float, n_samples: int, sample_rate: int, rng: np.random.Generator
+    actor: _Actor,
+    begin_s: float,
+    end_s: float,
+    gain: float,
+    n_samples: int,
+    sample_rate: int,
+    rng: np.random.Generator,
+    phase_s: float = 0.0,
 ) -> np.ndarray:
     """``actor``'s sound on ``[begin_s, end_s)`` at RMS ``gain``, silence elsewhere. Levels are set
-    by RMS so that a sparse sound (a knock) is as present as a continuous one."""
+    by RMS so that a sparse sound (a knock) is as present as a continuous one. ``phase_s``: the
+    sound's own time at ``begin_s``, so a later event's sound goes on where its motion goes on."""
     out = np.zeros(n_samples)
     i0, i1 = max(0, round(begin_s * sample_rate)), min(n_samples, round(end_s * sample_rate))
     t = np.arange(i0, i1) / sample_rate - begin_s  # the cycle starts at begin_s, even if cut off
+    if phase_s:
+        t += phase_s
     k = np.arange(i1 - i0)
     fade = np.clip(np.minimum(k + 1, i1 - i0 - k) / (EDGE_FADE_S * sample_rate), 0, 1)
     sound = actor.sound(t, sample_rate, rng) * fade
@@ -431,9 +616,15 @@ def _sound_track(
 
 
 def _render_audio(plan: _ClipPlan, config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
-    ann, sr, n = plan.annotation, config.sample_rate, config.duration_s * config.sample_rate
+    ann, sr, n = plan.annotation, config.sample_rate, plan.annotation.duration_s * config.sample_rate
     offset = ann.audio_offset_s
-    audio = _sound_track(plan.event, ann.start_s + offset, ann.end_s + offset, plan.gain, n, sr, rng)
+    tracks = (  # lazily, in event order; each sound goes on from where the previous event's stopped
+        _sound_track(plan.event, start + offset, end + offset, plan.gain, n, sr, rng, ann.clock(start, config.fps))
+        for start, end in ann.events
+    )
+    audio = next(tracks)
+    for track in tracks:
+        audio += track
     noise = rng.standard_normal(n)
     if plan.pink:  # 1/f power: divide the amplitude spectrum by sqrt(f)
         spectrum = np.fft.rfft(noise)
@@ -441,8 +632,8 @@ def _render_audio(plan: _ClipPlan, config: SynthConfig, rng: np.random.Generator
         spectrum[0] = 0
         noise = np.fft.irfft(spectrum, n=n)
     audio += noise * (plan.gain / np.std(noise) / 10 ** (plan.snr_db / 20))
-    if (d := ann.audio_distractor) and plan.audio:
-        audio += _sound_track(plan.audio, d.start_s, d.end_s, plan.gain * plan.distractor_level, n, sr, rng)
+    for d, actor in zip(ann.audio_distractors, plan.audios, strict=True):
+        audio += _sound_track(actor, d.start_s, d.end_s, plan.gain * plan.distractor_level, n, sr, rng)
     peak = float(np.max(np.abs(audio)))
     return (audio * min(1.0, 0.95 / peak)).astype(np.float32)
 
@@ -453,7 +644,7 @@ def render_clip(config: SynthConfig, index: int) -> tuple[np.ndarray, np.ndarray
     Returns RGB frames ``(T, H, W, 3)`` uint8, mono audio ``(N,)`` float32 in [-1, 1] and the
     annotation.
     """
-    plan = _plan_clip(config, index)
+    plan = _plan(config, index)
     rng = np.random.default_rng([config.seed, index, 1])  # rendering noise, apart from the plan
     frames = _render_video(plan, config, rng)
     audio = _render_audio(plan, config, rng)
@@ -535,7 +726,7 @@ def write_dataset(
     out = Path(out_dir)
     media = out / "AVE"
     media.mkdir(parents=True, exist_ok=True)
-    plans = [_plan_clip(config, i) for i in range(config.n_clips)]
+    plans = [_plan(config, i) for i in range(config.n_clips)]
     annotations = [p.annotation for p in plans]
     ids = {a.video_id for a in annotations}
     if len(ids) != len(annotations):
@@ -568,9 +759,9 @@ def write_dataset(
     def write_lines(name: str, lines: list[str]) -> None:
         (out / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
-    write_lines("Annotations.txt", [ANNOTATION_HEADER] + [a.line() for a in annotations])
+    write_lines("Annotations.txt", [ANNOTATION_HEADER] + [line for a in annotations for line in a.lines()])
     for split, name in SPLIT_FILES.items():
-        write_lines(name, [a.line() for a in annotations if a.split == split])
+        write_lines(name, [line for a in annotations if a.split == split for line in a.lines()])
     write_lines("classes.txt", list(CLASS_NAMES))
     settings = dataclasses.asdict(config)
     meta = {
@@ -619,7 +810,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Write AVE/<id>.mp4, Annotations.txt, train/val/testSet.txt, classes.txt, avsynth.json.",
     )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    parser.add_argument("--size", choices=tuple(SIZES), default="default", help="preset clip counts")
+    parser.add_argument(
+        "--size",
+        choices=tuple(SIZES),
+        default="default",
+        help="preset clip counts; localization: 30-60 s clips with several events each",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.set_defaults(func=synth_command)

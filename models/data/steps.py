@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from avbind.models.config import ModelConfig
-from avbind.models.data.ave import AveDataset, AveVideo
+from avbind.models.data.ave import SEGMENTS, AveDataset, AveVideo
 from avbind.realtime.features.frames import square_resize, to_model_input
 from avbind.realtime.features.log_mel import log_mel
 from avbind.realtime.sources.decode import DecodedMedia, decode_media
@@ -117,7 +117,11 @@ def _prepare_one(args: tuple) -> PreparedVideo:
 
 def _cache_key(dataset: AveDataset, config: ModelConfig) -> str:
     relevant = {
-        "videos": [(v.video_id, v.events, v.path.stat().st_size) for v in dataset.videos],
+        # A clip's length only where it is not AVE's 10 s, so that caches of 10 s sets keep their keys.
+        "videos": [
+            (v.video_id, v.events, v.path.stat().st_size, *([v.duration_s] if v.duration_s != SEGMENTS else []))
+            for v in dataset.videos
+        ],
         "input_size": config.video.input_size,
         "step_rate_hz": config.step_rate_hz,
         "features": config.features.to_dict(),

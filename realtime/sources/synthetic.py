@@ -79,7 +79,8 @@ class SyntheticSource(Source):
             known = clip < len(self.clip_annotations)
             annotation = self.clip_annotations[clip] if known else None
         annotation = annotation or annotate_clip(self.config, self.dataset_index(clip))
-        return annotation.class_index if annotation.start_s <= segment < annotation.end_s else BACKGROUND
+        inside = any(start <= segment < end for start, end in annotation.events)
+        return annotation.class_index if inside else BACKGROUND
 
     def start(self, sink: SourceSink, origin: float) -> None:
         if self._thread is not None:

@@ -1,0 +1,186 @@
+"""Weak supervision: each loss part against hand-computed cases, the relevance-gated output, and a
+tiny weak training run whose model streams like a supervised one."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from avbind.models.checkpoint import load_checkpoint, load_model  # noqa: E402
+from avbind.models.config import WeakTrainConfig, get_config  # noqa: E402
+from avbind.models.data.avsynth import SIZES, write_dataset  # noqa: E402
+from avbind.models.evaluation import evaluate  # noqa: E402
+from avbind.models.heads import relevance_gated_logits  # noqa: E402
+from avbind.models.network import AVBindNet  # noqa: E402
+from avbind.models.weak_supervision import (  # noqa: E402
+    RegionMemoryBank,
+    WarmKMeans,
+    background_suppression_losses,
+    cluster_confidence,
+    info_nce,
+    mean_threshold_pseudo_labels,
+    mil_loss,
+    pseudo_label_loss,
+    region_features,
+    topk_pool,
+)
+from avbind.models.weak_training import WeakVideo, train_weak, video_level_labels  # noqa: E402
+
+
+def test_topk_pool_and_mil_loss_by_hand() -> None:
+    cas = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [2.0, 4.0], [0.0, 1.0]]])  # (1, T=4, K=2)
+    assert topk_pool(cas, 2).tolist() == [[2.5, 2.5]]
+    assert topk_pool(cas, 99).tolist() == [[1.5, 1.25]]  # k is capped at T
+    target = torch.tensor([[1.0, 0.0]])
+    scores = torch.tensor([2.5, 2.5])
+    assert float(mil_loss(cas, target, 2)) == pytest.approx(-float(torch.log_softmax(scores, 0)[0]))
+    both = torch.tensor([[1.0, 1.0]])  # a multi-label video splits its target mass
+    expected = -0.5 * float(torch.log_softmax(scores, 0).sum())
+    assert float(mil_loss(cas, both, 2)) == pytest.approx(expected)
+
+
+def test_gated_logits_give_background_one_minus_relevance() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    r = torch.tensor([0.3])
+    probs = relevance_gated_logits(logits, r).softmax(-1)
+    expected = torch.cat([0.3 * logits.softmax(-1), torch.tensor([[0.7]])], dim=-1)
+    torch.testing.assert_close(probs, expected)
+
+
+def test_background_suppression_branches() -> None:
+    layer = torch.nn.Linear(2, 3)  # 2 classes + background
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+        layer.bias.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    hidden = torch.tensor([[[4.0, 0.0], [0.0, 0.0]]])  # step 0 looks like class 0, step 1 like nothing
+    classes = torch.tensor([[1.0, 0.0]])
+    on_event = background_suppression_losses(layer, hidden, torch.tensor([[1.0, 0.0]]), classes, k=1)
+    everywhere = background_suppression_losses(layer, hidden, torch.tensor([[1.0, 1.0]]), classes, k=1)
+    nowhere = background_suppression_losses(layer, hidden, torch.tensor([[0.0, 0.0]]), classes, k=1)
+    # The base branch ignores the filter; the filtered one wants the class but no background.
+    assert float(on_event["base"]) == float(everywhere["base"]) == float(nowhere["base"])
+    assert float(on_event["filtered"]) < float(nowhere["filtered"])
+    assert float(on_event["norm"]) == 0.5 and float(everywhere["norm"]) == 1.0
+
+
+def test_warm_kmeans_finds_separated_clusters_and_keeps_them() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.3 * torch.randn(50, 2, generator=g) for c in centres])
+    kmeans = WarmKMeans(3, iterations=10, seed=1)
+    assign = kmeans(x)
+    groups = [set(assign[i * 50 : (i + 1) * 50].tolist()) for i in range(3)]
+    assert all(len(s) == 1 for s in groups) and len(set.union(*groups)) == 3
+    first = kmeans.centroids.clone()
+    warm = WarmKMeans(3, iterations=1, seed=1)
+    warm.centroids = first
+    assert torch.equal(warm(x + 0.01), assign)  # one warm iteration on shifted data: same clusters
+    with pytest.raises(ValueError, match="3 clusters"):
+        WarmKMeans(3)(x[:2])
+
+
+def test_pseudo_labels_and_cluster_confidence_by_hand() -> None:
+    scores = torch.tensor([[[0.9, 0.5], [0.8, 0.5], [0.1, 0.5], [0.2, 0.9]]])  # (1, T=4, C=2)
+    classes = torch.tensor([[1.0, 0.0]])  # only class 0 is in the video
+    pseudo = mean_threshold_pseudo_labels(scores, classes)
+    assert pseudo[0, :, 0].tolist() == [1, 1, 0, 0] and pseudo[0, :, 1].tolist() == [0, 0, 0, 0]
+    clusters = torch.tensor([[0, 0, 0, 1]])  # steps 0-2 together, step 3 alone
+    conf = cluster_confidence(pseudo, clusters, 2)
+    # Cluster 0 holds labels 1, 1, 0: the 1s are trusted 2/3, the 0 only 1/3; step 3 is alone: 1.
+    assert conf[0, :, 0].tolist() == pytest.approx([2 / 3, 2 / 3, 1 / 3, 1.0])
+
+
+def test_pseudo_label_loss_targets_and_weights() -> None:
+    logits = torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(0))  # 2 classes + background
+    scores = torch.tensor([[[0.9, 0.0], [0.1, 0.0], [0.8, 0.0]]])
+    pseudo = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]])
+    confidence = torch.tensor([[[1.0, 1.0], [0.5, 1.0], [0.0, 1.0]]])  # step 2's label is not trusted at all
+    loss = pseudo_label_loss(logits, scores, pseudo, confidence, torch.tensor([[1.0, 0.0]]))
+    ce = torch.nn.functional.cross_entropy(logits[0], torch.tensor([0, 2, 0]), reduction="none")
+    assert float(loss) == pytest.approx(float((ce[0] * 1.0 + ce[1] * 0.5) / 1.5))
+
+
+def test_region_features_weighted_means() -> None:
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]])
+    w = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    regions, valid = region_features(x, w, 2)
+    assert valid.tolist() == [[True, False]]
+    torch.testing.assert_close(regions[0, 0], torch.tensor([1.0, 0.0]))
+
+
+def test_info_nce_prefers_aligned_positives_and_never_uses_self() -> None:
+    a = torch.tensor([[1.0, 0.0]])
+    good = info_nce(a, torch.tensor([0]), torch.tensor([0]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]),
+                    torch.tensor([0, 5, 0]), torch.tensor([0, 1, 2]), 0.1)
+    bad = info_nce(a, torch.tensor([0]), torch.tensor([0]), torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
+                   torch.tensor([0, 5, 0]), torch.tensor([0, 1, 2]), 0.1)
+    # good: the positive (id 2) matches, the negative (id 1) is orthogonal: -log(e^10 / (e^10 + e^0)).
+    assert float(good) == pytest.approx(math.log1p(math.exp(-10)), abs=1e-6)
+    assert float(bad) > 9.0
+    alone = info_nce(a, torch.tensor([0]), torch.tensor([0]), a, torch.tensor([0]), torch.tensor([0]), 0.1)
+    assert float(alone) == 0.0  # the anchor itself is no positive
+
+
+def test_memory_bank_is_first_in_first_out() -> None:
+    bank = RegionMemoryBank(3, 2)
+    bank.add(torch.eye(2)[[0, 1, 0, 1]], torch.tensor([1, 2, 3, 4]), torch.tensor([10, 11, 12, 13]))
+    feats, labels, ids = bank.contents(torch.device("cpu"))
+    assert sorted(labels.tolist()) == [2, 3, 4] and sorted(ids.tolist()) == [11, 12, 13] and len(feats) == 3
+
+
+def test_gated_model_step_form_matches_clip_form() -> None:
+    base = get_config("avbind-xs")
+    torch.manual_seed(0)
+    model = AVBindNet(replace(base, heads=replace(base.heads, gate_by_relevance=True))).eval()
+    g = torch.Generator().manual_seed(1)
+    size, c = base.video.input_size, base.audio
+    frames = torch.rand(2, 6, 3, size, size, generator=g)
+    mels = torch.randn(2, 6, c.window_frames, base.features.n_mels, generator=g)
+    with torch.no_grad():
+        clip, _ = model(frames, mels)
+        state = model.initial_state(2)
+        for t in range(6):
+            out, state = model.step(frames[:, t], mels[:, t], None, state)
+            torch.testing.assert_close(out["event_logits"], clip["event_logits"][:, t], atol=1e-5, rtol=1e-5)
+    probs = clip["event_logits"].softmax(-1)
+    torch.testing.assert_close(probs[..., -1], 1 - clip["relevance"], atol=1e-5, rtol=1e-5)
+
+
+class _Prepared:
+    def __init__(self, labels: list[int]) -> None:
+        self.labels = np.array(labels)
+        self.verbs = np.where(self.labels < 3, self.labels, -100)
+        self.nouns = np.where(self.labels < 3, 0, -100)
+
+
+def test_video_level_labels_keep_which_not_when() -> None:
+    (weak,) = video_level_labels([_Prepared([3, 3, 1, 1, 3])], num_classes=3, num_verbs=3, num_nouns=1)
+    assert weak.classes.tolist() == [0, 1, 0] and weak.verbs.tolist() == [0, 1, 0] and weak.nouns.tolist() == [1]
+    assert {f for f in WeakVideo.__dataclass_fields__} == {"video", "classes", "verbs", "nouns"}
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("avsynth") / "tiny", SIZES["tiny"], progress=False)
+
+
+def test_weak_training_writes_a_streamable_gated_model(tiny_set: Path, tmp_path: Path) -> None:
+    tc = WeakTrainConfig(model="avbind-xs", epochs=1, batch_size=3, threads=2, kmeans_clusters=4)
+    path = train_weak(tiny_set, tmp_path / "run", tc, progress=False)
+    model = load_model(path)
+    assert model.config.heads.gate_by_relevance
+    history = load_checkpoint(path)["train_state"]["history"]
+    assert {"base", "filtered", "norm", "contrast", "auxiliary"} <= set(history[0])
+    assert 0 < history[0]["kmeans_share_of_step_time"] < 1
+    report = evaluate(model, tiny_set, "test", ablations=("fusion",), progress=False)
+    assert report["ablations"]["fusion"]["stream_offline_agreement"] == 1.0
+    # Without the filtered branch the relevance is untrained: the plain background logit is used.
+    plain = train_weak(tiny_set, tmp_path / "plain", replace(tc, suppression_weight=0.0, contrast_weight=0.0),
+                       progress=False)
+    assert not load_model(plain).config.heads.gate_by_relevance
