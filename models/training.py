@@ -72,6 +72,26 @@ def build_model(config: ModelConfig, dataset: AveDataset) -> AVBindNet:
     return model
 
 
+def modality_dropout_mask(
+    batch: int, steps: int, drop_audio: float, drop_video: float, rng: np.random.Generator
+) -> np.ndarray:
+    """(batch, steps, 2) modality mask: each clip loses its audio with probability ``drop_audio``
+    or else its video with probability ``drop_video`` (a missing microphone or camera), never both."""
+    mask = np.ones((batch, steps, 2), np.float32)
+    draw = rng.random(batch)
+    mask[draw < drop_audio, :, AUDIO] = 0.0
+    mask[(draw >= drop_audio) & (draw < drop_audio + drop_video), :, VIDEO] = 0.0
+    return mask
+
+
+def warmup_cosine_lr(step: int, total: int, peak: float, warmup_fraction: float) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_fraction`` of ``total`` steps, then cosine decay to 0."""
+    warmup = max(1, int(total * warmup_fraction))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
 def _crop_batches(
     videos: list[PreparedVideo], train: TrainConfig, config: ModelConfig, rng: np.random.Generator
 ):
@@ -90,10 +110,7 @@ def _crop_batches(
             labels.append(v.labels[start:stop])
             verbs.append(v.verbs[start:stop])
             nouns.append(v.nouns[start:stop])
-        mask = np.ones((len(picked), train.crop_steps, 2), np.float32)
-        draw = rng.random(len(picked))
-        mask[draw < train.drop_audio, :, AUDIO] = 0.0
-        mask[(draw >= train.drop_audio) & (draw < train.drop_audio + train.drop_video), :, VIDEO] = 0.0
+        mask = modality_dropout_mask(len(picked), train.crop_steps, train.drop_audio, train.drop_video, rng)
         if "audio" not in train.modalities:
             mask[:, :, AUDIO] = 0.0
             mask[:, :, VIDEO] = 1.0
@@ -171,13 +188,6 @@ def train(
     total = batches_per_epoch * tc.epochs
     aux = AuxiliaryHeads(model)
     optimizer = torch.optim.AdamW([*model.parameters(), *aux.parameters()], lr=tc.lr, weight_decay=tc.weight_decay)
-    warmup = max(1, int(total * tc.warmup_fraction))
-
-    def lr_at(i: int) -> float:
-        if i < warmup:
-            return tc.lr * (i + 1) / warmup
-        return tc.lr * 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(total - warmup, 1)))
-
     state = TrainState()
     last = out_dir / "last.pt"
     if resume and last.is_file():
@@ -202,7 +212,7 @@ def train(
         for b, (inputs, targets) in enumerate(_crop_batches(videos, tc, config, rng)):
             step = epoch * batches_per_epoch + b
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = warmup_cosine_lr(step, total, tc.lr, tc.warmup_fraction)
             frames, mels, mask = inputs
             outputs, _ = model(frames, mels, mask, return_features=True)
             loss, parts = compute_loss(model, outputs, targets, tc, aux, mask)

@@ -148,18 +148,18 @@ class RegionMemoryBank:
     def __init__(self, size: int, dim: int) -> None:
         self.features = torch.zeros(size, dim)
         self.labels = torch.full((size,), -1, dtype=torch.long)
-        self.videos = torch.full((size,), -1, dtype=torch.long)
+        self.ids = torch.full((size,), -1, dtype=torch.long)  # region ids: an anchor is never its own positive
         self.cursor, self.filled = 0, 0
 
-    def add(self, features: torch.Tensor, labels: torch.Tensor, videos: torch.Tensor) -> None:
-        for f, lab, v in zip(features.detach().cpu(), labels.cpu(), videos.cpu(), strict=True):
-            self.features[self.cursor], self.labels[self.cursor], self.videos[self.cursor] = f, lab, v
+    def add(self, features: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
+        for f, lab, i in zip(features.detach().cpu(), labels.cpu(), ids.cpu(), strict=True):
+            self.features[self.cursor], self.labels[self.cursor], self.ids[self.cursor] = f, lab, i
             self.cursor = (self.cursor + 1) % len(self.features)
             self.filled = min(self.filled + 1, len(self.features))
 
     def contents(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return (self.features[: self.filled].to(device), self.labels[: self.filled].to(device),
-                self.videos[: self.filled].to(device))
+                self.ids[: self.filled].to(device))
 
 
 def info_nce(

@@ -14,9 +14,8 @@ classes reaches the trainer: :func:`video_level_labels` is the one place that re
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from avbind.models.config import ModelConfig, WeakTrainConfig, get_config
 from avbind.models.data.ave import load_ave
 from avbind.models.data.steps import IGNORE, PreparedVideo, prepare_dataset
 from avbind.models.network import AUDIO, VIDEO, AVBindNet
-from avbind.models.training import build_model
+from avbind.models.training import TrainState, build_model, modality_dropout_mask, warmup_cosine_lr
 from avbind.models.weak_supervision import (
     RegionMemoryBank,
     WarmKMeans,
@@ -82,12 +81,6 @@ class WeakTrainingHeads(torch.nn.Module):
             torch.nn.Linear(c.fusion.hidden_dim, c.fusion.hidden_dim), torch.nn.ReLU(),
             torch.nn.Linear(c.fusion.hidden_dim, projection_dim),
         )
-
-
-@dataclass
-class WeakTrainState:
-    epoch: int = 0
-    history: list[dict] = field(default_factory=list)
 
 
 class DenoisedContrast:
@@ -189,10 +182,7 @@ def _batches(videos: list[WeakVideo], tc: WeakTrainConfig, rng: np.random.Genera
         batch = [videos[i] for i in order[b : b + tc.batch_size]]
         length = min(len(w.video.labels) for w in batch)  # equal-length videos in practice (AVE: 10 s)
         inputs = [w.video.step_inputs(0, length, config) for w in batch]
-        mask = np.ones((len(batch), length, 2), np.float32)
-        draw = rng.random(len(batch))
-        mask[draw < tc.drop_audio, :, AUDIO] = 0.0
-        mask[(draw >= tc.drop_audio) & (draw < tc.drop_audio + tc.drop_video), :, VIDEO] = 0.0
+        mask = modality_dropout_mask(len(batch), length, tc.drop_audio, tc.drop_video, rng)
         yield (batch, torch.from_numpy(np.stack([i["frame"] for i in inputs])),
                torch.from_numpy(np.stack([i["log_mel"] for i in inputs])), torch.from_numpy(mask))
 
@@ -234,14 +224,7 @@ def train_weak(
     if per_epoch == 0:
         raise ValueError(f"{len(videos)} training videos for batch_size {tc.batch_size}")
     total = per_epoch * tc.epochs
-    warmup = max(1, int(total * tc.warmup_fraction))
-
-    def lr_at(i: int) -> float:
-        if i < warmup:
-            return tc.lr * (i + 1) / warmup
-        return tc.lr * 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(total - warmup, 1)))
-
-    state = WeakTrainState()
+    state = TrainState()
     last = out_dir / "last.pt"
     settings = asdict(tc)
     if resume and last.is_file():
@@ -251,7 +234,7 @@ def train_weak(
         model.load_state_dict(payload["state_dict"])
         extra.load_state_dict(payload["weak_heads"])
         optimizer.load_state_dict(payload["optimizer"])
-        state = WeakTrainState(**payload["train_state"])
+        state = TrainState(**payload["train_state"])
     contrast = DenoisedContrast(tc, config.heads.num_classes)  # the bank refills within an epoch after a resume
     for epoch in range(state.epoch, tc.epochs):
         model.train()
@@ -266,7 +249,7 @@ def train_weak(
             step = epoch * per_epoch + b
             began = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = warmup_cosine_lr(step, total, tc.lr, tc.warmup_fraction)
             ramp = min(1.0, step / max(1.0, tc.contrast_warmup_fraction * total))
             outputs, _ = model(frames, mels, mask, return_features=True)
             loss, parts = weak_losses(model, extra, outputs, batch, mask, tc, contrast, ramp)
