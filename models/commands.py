@@ -54,9 +54,8 @@ def _train(args: argparse.Namespace) -> int:
 
         from avbind.models.weak_training import run_weak_ablation, train_weak
 
-        unused = sorted(set(given) & {"crop_steps", "crops_per_video"})
-        if unused:
-            raise SystemExit(f"avbind train --weak: {', '.join(unused)} do not apply (weak training sees whole videos)")
+        if args.crop_epochs is not None:
+            given["crop_epochs"] = args.crop_epochs
         config = WeakTrainConfig(model=args.config, **given)
         if args.ablation:
             results = run_weak_ablation(data, args.localization_data or default_localization_data(), args.out, config)
@@ -66,6 +65,8 @@ def _train(args: argparse.Namespace) -> int:
             return 0
         path = train_weak(data, args.out, config, resume=args.resume)
     else:
+        if args.crop_epochs is not None:
+            raise SystemExit("avbind train: --crop-epochs applies to --weak only")
         from avbind.models.training import train
 
         config = TrainConfig(model=args.config, modalities=tuple(args.modalities), **given)
@@ -117,6 +118,9 @@ def add_train_cli(subparsers: argparse._SubParsersAction) -> None:
     for name in ("epochs", "crop_steps", "crops_per_video", "batch_size", "seed", "threads"):
         shown = f"{defaults[name]}" + (f"; weak: {weak[name]}" if name in weak else "")
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"default: {shown}")
+    p.add_argument("--crop-epochs", type=int,
+                   help=f"weak only: epochs of video-label crops before the whole-video epochs "
+                        f"(default: {weak['crop_epochs']})")
     p.add_argument("--lr", type=float, help=f"default: {defaults['lr']}; weak: {weak['lr']}")
     p.add_argument("--modalities", nargs="+", choices=("video", "audio"), default=list(defaults["modalities"]),
                    help="train a single-modality model for ablations")

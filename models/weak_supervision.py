@@ -10,6 +10,10 @@
   pure their K-means cluster is; action and background region features from them, a memory bank
   of regions across videos, and InfoNCE pulling same-class regions together and pushing
   background and other classes away.
+* **Dense video-class term** (our addition, measured in the ablation): whatever a step of a video
+  shows, it is none of the classes the video lacks; every step's class choice (background
+  excluded) is trained toward the video's classes. It is dense where MIL is sparse, and says which
+  class, never whether.
 * **Pseudo-label self-training** (our addition to DCC, measured in the ablation): the same
   denoised pseudo-labels also serve as per-step targets for the event output, each step weighted by
   its cluster confidence. MIL and the filter alone never say how much of a video is event; this
@@ -42,6 +46,19 @@ def mil_loss(cas: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     scores = topk_pool(cas, k)
     target = targets / targets.sum(dim=1, keepdim=True).clamp_min(1e-6)
     return -(target * F.log_softmax(scores, dim=-1)).sum(dim=1).mean()
+
+
+def video_class_loss(class_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Every step's class softmax against the video's classes: (N, T, C) logits, (N, C) multi-hot.
+
+    Top-k MIL trains the k highest steps of each class and no others, which from scratch is a slow
+    signal. A video label also says something of *every* step: whatever happens there, it is none
+    of the classes the video lacks. This term puts that on the class choice alone (background
+    excluded), so it holds at background steps too; whether a step is an event at all is left to
+    the relevance (the foreground filter).
+    """
+    target = targets / targets.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    return -(target.unsqueeze(1) * F.log_softmax(class_logits, dim=-1)).sum(-1).mean()
 
 
 def background_suppression_losses(

@@ -7,6 +7,12 @@ the relevance score is BaS-Net's foreground filter. The trained model therefore 
 evaluates and feeds the live event detector exactly like a supervised one. The losses are in
 ``models/weak_supervision.py``.
 
+Two stages. The crop stage trains on short random crops with the dense video-class term alone
+(each crop carries its video's classes, which hold at every step as "none of the others"): whole
+videos give too few updates an epoch for the encoders to learn the classes from scratch. The
+whole-video stage then adds everything that needs a whole video: top-k MIL, background
+suppression, denoised contrast and pseudo-labels.
+
 Where the step labels of a data set are needed at all (to prepare the videos), only their set of
 classes reaches the trainer: :func:`video_level_labels` is the one place that reads them.
 """
@@ -38,6 +44,7 @@ from avbind.models.weak_supervision import (
     mil_loss,
     pseudo_label_loss,
     region_features,
+    video_class_loss,
 )
 
 log = logging.getLogger(__name__)
@@ -150,13 +157,20 @@ def weak_losses(
         parts["filtered"] = tc.suppression_weight * bas["filtered"]
     if tc.norm_weight:
         parts["norm"] = tc.norm_weight * bas["norm"]
+    num_classes = model.config.heads.num_classes
+    if tc.video_class_weight:
+        parts["video_class"] = tc.video_class_weight * video_class_loss(
+            outputs["event_logits"][..., :num_classes], classes)
     if tc.auxiliary_weight:
         aux = hidden.new_zeros(())
         for head, features, column in ((extra.video, outputs["video_features"], VIDEO),
                                        (extra.audio, outputs["audio_features"], AUDIO)):
             present = mask[:, 0, column] > 0
             if present.any():
-                aux = aux + mil_loss(head(features[present]), classes[present], k)
+                logits = head(features[present])
+                aux = aux + mil_loss(logits, classes[present], k)
+                if tc.video_class_weight:
+                    aux = aux + tc.video_class_weight * video_class_loss(logits, classes[present])
         parts["auxiliary"] = tc.auxiliary_weight * aux
     if tc.verb_noun_weight and "verb_logits" in outputs:
         verbs = torch.from_numpy(np.stack([b.verbs for b in batch])).to(device)
@@ -176,15 +190,55 @@ def weak_losses(
     return total, {name: float(v.detach()) for name, v in parts.items()}
 
 
-def _batches(videos: list[WeakVideo], tc: WeakTrainConfig, rng: np.random.Generator, config: ModelConfig):
+def crop_losses(
+    model: AVBindNet, extra: WeakTrainingHeads, outputs: dict[str, torch.Tensor], batch: list[WeakVideo],
+    mask: torch.Tensor, tc: WeakTrainConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The crop stage's terms: every step's class (verb, noun) choice against its video's, on the
+    event head and on each encoder. A crop may hold no event, so nothing here says where one is."""
+    device = outputs["hidden"].device
+    classes = torch.from_numpy(np.stack([b.classes for b in batch])).to(device)
+    parts = {"video_class": video_class_loss(outputs["event_logits"][..., : model.config.heads.num_classes], classes)}
+    if tc.auxiliary_weight:
+        aux = classes.new_zeros(())
+        for head, features, column in ((extra.video, outputs["video_features"], VIDEO),
+                                       (extra.audio, outputs["audio_features"], AUDIO)):
+            present = mask[:, 0, column] > 0
+            if present.any():
+                aux = aux + video_class_loss(head(features[present]), classes[present])
+        parts["auxiliary"] = tc.auxiliary_weight * aux
+    if tc.verb_noun_weight and "verb_logits" in outputs:
+        verbs = torch.from_numpy(np.stack([b.verbs for b in batch])).to(device)
+        nouns = torch.from_numpy(np.stack([b.nouns for b in batch])).to(device)
+        parts["verb_noun"] = tc.verb_noun_weight * (video_class_loss(outputs["verb_logits"], verbs)
+                                                    + video_class_loss(outputs["noun_logits"], nouns))
+    total = sum(parts.values())
+    return total, {name: float(v.detach()) for name, v in parts.items()}
+
+
+def _batch(picked: list[tuple[WeakVideo, int, int]], config: ModelConfig, tc: WeakTrainConfig,
+           rng: np.random.Generator):
+    inputs = [w.video.step_inputs(start, stop, config) for w, start, stop in picked]
+    mask = modality_dropout_mask(len(picked), picked[0][2] - picked[0][1], tc.drop_audio, tc.drop_video, rng)
+    return ([w for w, _, _ in picked], torch.from_numpy(np.stack([i["frame"] for i in inputs])),
+            torch.from_numpy(np.stack([i["log_mel"] for i in inputs])), torch.from_numpy(mask))
+
+
+def _video_batches(videos: list[WeakVideo], tc: WeakTrainConfig, rng: np.random.Generator, config: ModelConfig):
     order = rng.permutation(len(videos))
     for b in range(0, len(order) - tc.batch_size + 1, tc.batch_size):
         batch = [videos[i] for i in order[b : b + tc.batch_size]]
         length = min(len(w.video.labels) for w in batch)  # equal-length videos in practice (AVE: 10 s)
-        inputs = [w.video.step_inputs(0, length, config) for w in batch]
-        mask = modality_dropout_mask(len(batch), length, tc.drop_audio, tc.drop_video, rng)
-        yield (batch, torch.from_numpy(np.stack([i["frame"] for i in inputs])),
-               torch.from_numpy(np.stack([i["log_mel"] for i in inputs])), torch.from_numpy(mask))
+        yield _batch([(w, 0, length) for w in batch], config, tc, rng)
+
+
+def _crop_batches(videos: list[WeakVideo], tc: WeakTrainConfig, rng: np.random.Generator, config: ModelConfig):
+    crops = [(w, int(rng.integers(0, len(w.video.labels) - tc.crop_steps + 1)))
+             for w in videos for _ in range(tc.crops_per_video)]
+    order = rng.permutation(len(crops))
+    for b in range(0, len(order) - tc.crop_batch_size + 1, tc.crop_batch_size):
+        yield _batch([(crops[j][0], crops[j][1], crops[j][1] + tc.crop_steps)
+                      for j in order[b : b + tc.crop_batch_size]], config, tc, rng)
 
 
 def set_video_level_action_prior(model: AVBindNet, videos: list[WeakVideo]) -> None:
@@ -197,9 +251,15 @@ def set_video_level_action_prior(model: AVBindNet, videos: list[WeakVideo]) -> N
 
 def train_weak(
     data_dir: str | Path, out_dir: str | Path, tc: WeakTrainConfig | None = None, resume: bool = False,
-    progress: bool = True, cache_dir: str | Path | None = None,
+    progress: bool = True, cache_dir: str | Path | None = None, warm_start: str | Path | None = None,
 ) -> Path:
-    """Train from video-level labels; writes ``out_dir/last.pt`` each epoch and ``model.pt`` at the end."""
+    """Train from video-level labels; writes ``out_dir/last.pt`` each epoch and ``model.pt`` at the end.
+
+    The crop stage (``tc.crop_epochs``) comes first, then the whole-video stage (``tc.epochs``), each
+    with its own warm-up and cosine decay. ``warm_start``: a ``last.pt`` written at the end of a
+    crop stage with the same model; its weights start the whole-video stage and the crop stage is
+    skipped (the ablation trains the crop stage once and shares it).
+    """
     from tqdm import tqdm
 
     tc = tc or WeakTrainConfig()
@@ -215,44 +275,69 @@ def train_weak(
     config = model.config
     prepared = prepare_dataset(dataset, config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)
     videos = video_level_labels(prepared, config.heads.num_classes, config.heads.num_verbs, config.heads.num_nouns)
+    if tc.crop_epochs and any(len(w.video.labels) < tc.crop_steps for w in videos):
+        raise ValueError(f"crop_steps={tc.crop_steps} is longer than a training video")
     set_video_level_action_prior(model, videos)
     extra = WeakTrainingHeads(model, tc.projection_dim)
-    model = model.to(memory_format=torch.channels_last)
-    params = [*model.parameters(), *extra.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    per_epoch = len(videos) // tc.batch_size
-    if per_epoch == 0:
-        raise ValueError(f"{len(videos)} training videos for batch_size {tc.batch_size}")
-    total = per_epoch * tc.epochs
+    stages = {"crops": (len(videos) * tc.crops_per_video // tc.crop_batch_size, _crop_batches),
+              "videos": (len(videos) // tc.batch_size, _video_batches)}
+    for name, (per_epoch, _) in stages.items():
+        if per_epoch == 0 and (tc.crop_epochs if name == "crops" else tc.epochs):
+            raise ValueError(f"{len(videos)} training videos are too few for one batch of the {name} stage")
     state = TrainState()
     last = out_dir / "last.pt"
     settings = asdict(tc)
+    optimizer_state = None
     if resume and last.is_file():
         payload = load_checkpoint(last)
         if payload.get("weak_train_config") != settings:
             raise ValueError(f"{last}: was trained with different settings; resume with the same ones")
         model.load_state_dict(payload["state_dict"])
         extra.load_state_dict(payload["weak_heads"])
-        optimizer.load_state_dict(payload["optimizer"])
+        optimizer_state = payload["optimizer"]
         state = TrainState(**payload["train_state"])
+    elif warm_start is not None:
+        payload = load_checkpoint(warm_start)
+        if payload["train_state"]["epoch"] != tc.crop_epochs:
+            raise ValueError(f"{warm_start}: not the end of a {tc.crop_epochs}-epoch crop stage")
+        model.load_state_dict(payload["state_dict"])
+        extra.load_state_dict(payload["weak_heads"])
+        state = TrainState(**payload["train_state"])
+    model = model.to(memory_format=torch.channels_last)
+    params = [*model.parameters(), *extra.parameters()]
     contrast = DenoisedContrast(tc, config.heads.num_classes)  # the bank refills within an epoch after a resume
-    for epoch in range(state.epoch, tc.epochs):
+    optimizer = None
+    for epoch in range(state.epoch, tc.crop_epochs + tc.epochs):
+        stage = "crops" if epoch < tc.crop_epochs else "videos"
+        per_epoch, batches = stages[stage]
+        stage_epoch = epoch if stage == "crops" else epoch - tc.crop_epochs
+        stage_total = per_epoch * (tc.crop_epochs if stage == "crops" else tc.epochs)
+        peak = tc.whole_video_lr if stage == "videos" and tc.crop_epochs else tc.lr
+        if optimizer is None or stage_epoch == 0:  # each stage starts a fresh optimizer
+            optimizer = torch.optim.AdamW(params, lr=peak, weight_decay=tc.weight_decay)
+            if optimizer_state is not None and stage_epoch != 0:  # resumed inside a stage
+                optimizer.load_state_dict(optimizer_state)
+        optimizer_state = None
         model.train()
         extra.train()
         rng = np.random.default_rng([tc.seed, epoch])
         torch.manual_seed(tc.seed * 1000 + epoch)
-        bar = tqdm(total=per_epoch, desc=f"weak epoch {epoch + 1}/{tc.epochs}", unit="batch", disable=not progress)
+        bar = tqdm(total=per_epoch, desc=f"weak {stage} {stage_epoch + 1}/{stage_total // per_epoch}",
+                   unit="batch", disable=not progress)
         sums: dict[str, float] = {}
         started, step_seconds = time.perf_counter(), 0.0
         contrast.kmeans_seconds = 0.0
-        for b, (batch, frames, mels, mask) in enumerate(_batches(videos, tc, rng, config)):
-            step = epoch * per_epoch + b
+        for b, (batch, frames, mels, mask) in enumerate(batches(videos, tc, rng, config)):
+            step = stage_epoch * per_epoch + b
             began = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = warmup_cosine_lr(step, total, tc.lr, tc.warmup_fraction)
-            ramp = min(1.0, step / max(1.0, tc.contrast_warmup_fraction * total))
+                group["lr"] = warmup_cosine_lr(step, stage_total, peak, tc.warmup_fraction)
             outputs, _ = model(frames, mels, mask, return_features=True)
-            loss, parts = weak_losses(model, extra, outputs, batch, mask, tc, contrast, ramp)
+            if stage == "crops":
+                loss, parts = crop_losses(model, extra, outputs, batch, mask, tc)
+            else:
+                ramp = min(1.0, step / max(1.0, tc.contrast_warmup_fraction * stage_total))
+                loss, parts = weak_losses(model, extra, outputs, batch, mask, tc, contrast, ramp)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -260,16 +345,19 @@ def train_weak(
             step_seconds += time.perf_counter() - began
             for name, value in {"loss": float(loss.detach()), **parts}.items():
                 sums[name] = sums.get(name, 0.0) + value
+            if b % 10 == 0:
+                log.debug("weak %s step %d: %s", stage, step, {k: round(v, 3) for k, v in parts.items()})
             bar.set_postfix(loss=f"{sums['loss'] / (b + 1):.3f}")
             bar.update()
         bar.close()
         state.epoch = epoch + 1
-        state.history.append({
-            "epoch": epoch + 1, **{k: v / per_epoch for k, v in sums.items()},
-            "seconds": time.perf_counter() - started,
-            "kmeans_share_of_step_time": contrast.kmeans_seconds / max(step_seconds, 1e-9),
-        })
-        log.info("weak epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in state.history[-1].items()})
+        entry = {"epoch": epoch + 1, "stage": stage, **{k: v / per_epoch for k, v in sums.items()},
+                 "seconds": time.perf_counter() - started}
+        if stage == "videos":
+            entry["kmeans_share_of_step_time"] = contrast.kmeans_seconds / max(step_seconds, 1e-9)
+        state.history.append(entry)
+        log.info("weak epoch %d (%s): %s", epoch + 1, stage,
+                 {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()})
         save_checkpoint(last, model.to(memory_format=torch.contiguous_format), weak_train_config=settings,
                         optimizer=optimizer.state_dict(), weak_heads=extra.state_dict(), train_state=asdict(state))
         model = model.to(memory_format=torch.channels_last)
@@ -278,8 +366,10 @@ def train_weak(
                            train_state=payload["train_state"])
 
 
-# Each variant switches one loss term off (or its denoising), so the differences from "full" are
-# each term's contribution, measured at the same budget in the same run.
+# Each variant switches one part off (or its denoising), so the differences from "full" are each
+# part's contribution, measured in the same run. They all start the whole-video stage from the same
+# crop stage, trained once; a variant without a crop stage spends about the same time on more
+# whole-video epochs instead (see run_weak_ablation).
 ABLATION_VARIANTS: dict[str, dict] = {
     "full": {},
     "without contrast": {"contrast_weight": 0.0},
@@ -287,7 +377,27 @@ ABLATION_VARIANTS: dict[str, dict] = {
     "without K-means denoising": {"denoise": False},
     "without L1 on the filter": {"norm_weight": 0.0},
     "without background suppression": {"suppression_weight": 0.0, "norm_weight": 0.0},
+    "without the dense video-class term": {"video_class_weight": 0.0},
 }
+# Not in the default run (it costs as much as the other variants together): the crop stage itself.
+WITHOUT_CROP_STAGE = {"without the crop stage": {"crop_epochs": 0}}
+# Whole-video epochs that cost about as much as one crop epoch (measured on avsynth: 130 s vs 165 s).
+CROP_EPOCH_IN_VIDEO_EPOCHS = 0.8
+
+
+def _shared_crop_stage(data_dir: str | Path, out: Path, tc: WeakTrainConfig, progress: bool) -> tuple[Path, float]:
+    """The crop stage every variant starts from, and its training time; a finished one in ``out``
+    with the same settings is reused, so an interrupted ablation does not train it again."""
+    crop_only = replace(tc, epochs=0)
+    last = out / "last.pt"
+    if last.is_file() and (out / "model.pt").is_file():
+        payload = load_checkpoint(last)
+        if payload.get("weak_train_config") == asdict(crop_only):
+            log.info("ablation: reusing the crop stage in %s", out)
+            return last, float(sum(h["seconds"] for h in payload["train_state"]["history"]))
+    began = time.perf_counter()
+    train_weak(data_dir, out, crop_only, progress=progress)
+    return last, time.perf_counter() - began
 
 
 def run_weak_ablation(
@@ -304,21 +414,43 @@ def run_weak_ablation(
     tc = tc or WeakTrainConfig()
     out_dir = Path(out_dir)
     results: dict[str, dict] = {}
+    report = out_dir / "ablation.json"
+    earlier = json.loads(report.read_text())["variants"] if report.is_file() else {}
+    shared, shared_seconds = None, 0.0
     for name, change in (variants or ABLATION_VARIANTS).items():
         run = out_dir / name.replace(" ", "-")
+        variant = replace(tc, **change)
+        if not variant.crop_epochs and tc.crop_epochs:  # the same time on whole videos instead
+            variant = replace(variant, epochs=tc.epochs + round(tc.crop_epochs * CROP_EPOCH_IN_VIDEO_EPOCHS))
+        if name in earlier and (run / "model.pt").is_file() and \
+                load_checkpoint(run / "model.pt").get("weak_train_config") == asdict(variant):
+            log.info("ablation: reusing the finished variant %r in %s", name, run)  # an interrupted run goes on
+            results[name] = earlier[name]
+            continue
         began = time.perf_counter()
-        path = train_weak(data_dir, run, replace(tc, **change), progress=progress)
-        seconds = time.perf_counter() - began
+        if variant.crop_epochs and set(change) & {"crop_epochs", "crop_steps", "crops_per_video", "crop_batch_size",
+                                                  "auxiliary_weight", "verb_noun_weight", "lr", "seed", "model",
+                                                  "drop_audio", "drop_video", "weight_decay", "warmup_fraction"}:
+            raise ValueError(f"ablation variant {name!r} changes the crop stage, which the variants share")
+        warm = None
+        if variant.crop_epochs:
+            if shared is None:
+                shared, shared_seconds = _shared_crop_stage(data_dir, out_dir / "crop-stage", tc, progress)
+                began = time.perf_counter()
+            warm = shared
+        path = train_weak(data_dir, run, variant, progress=progress, warm_start=warm)
+        seconds = time.perf_counter() - began + (shared_seconds if warm else 0.0)
         model = load_model(path)
         segments = evaluate(model, data_dir, "test", ablations=("fusion",), streaming=False, progress=progress)
         located = evaluate_localization(model, localization_dir, "test", progress=progress)
         history = load_checkpoint(path)["train_state"]["history"]
+        shares = [h["kmeans_share_of_step_time"] for h in history if "kmeans_share_of_step_time" in h]
         results[name] = {
-            "change": change, "train_seconds": seconds,
+            "change": change, "crop_epochs": variant.crop_epochs, "epochs": variant.epochs, "train_seconds": seconds,
             "segment_accuracy": segments["ablations"]["fusion"]["offline"]["segment_accuracy"],
             "localization": located,
-            "kmeans_share_of_step_time": float(np.mean([h["kmeans_share_of_step_time"] for h in history])),
+            "kmeans_share_of_step_time": float(np.mean(shares)) if shares else None,
         }
         log.info("ablation %s: %s", name, {k: v for k, v in results[name].items() if k != "localization"})
-        (out_dir / "ablation.json").write_text(json.dumps({"recipe": asdict(tc), "variants": results}, indent=2))
+        report.write_text(json.dumps({"recipe": asdict(tc), "variants": results}, indent=2))
     return results

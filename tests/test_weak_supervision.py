@@ -29,6 +29,7 @@ from avbind.models.weak_supervision import (  # noqa: E402
     pseudo_label_loss,
     region_features,
     topk_pool,
+    video_class_loss,
 )
 from avbind.models.weak_training import WeakVideo, train_weak, video_level_labels  # noqa: E402
 
@@ -43,6 +44,19 @@ def test_topk_pool_and_mil_loss_by_hand() -> None:
     both = torch.tensor([[1.0, 1.0]])  # a multi-label video splits its target mass
     expected = -0.5 * float(torch.log_softmax(scores, 0).sum())
     assert float(mil_loss(cas, both, 2)) == pytest.approx(expected)
+
+
+def test_video_class_loss_by_hand() -> None:
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])  # (1, T=2, C=3)
+    one = torch.tensor([[0.0, 0.0, 1.0]])
+    log_p = torch.log_softmax(logits, dim=-1)[0]
+    expected = -(log_p[0, 2] + log_p[1, 2]) / 2  # every step, whatever it shows, against the video's class
+    assert float(video_class_loss(logits, one)) == pytest.approx(float(expected))
+    both = torch.tensor([[1.0, 0.0, 1.0]])  # two classes share the target mass
+    expected = -0.5 * (log_p[:, 0] + log_p[:, 2]).mean()
+    assert float(video_class_loss(logits, both)) == pytest.approx(float(expected))
+    # Only the class choice is judged: adding the same amount to every class changes nothing.
+    assert float(video_class_loss(logits + 5.0, one)) == pytest.approx(float(video_class_loss(logits, one)))
 
 
 def test_gated_logits_give_background_one_minus_relevance() -> None:
@@ -171,16 +185,54 @@ def tiny_set(tmp_path_factory) -> Path:
 
 
 def test_weak_training_writes_a_streamable_gated_model(tiny_set: Path, tmp_path: Path) -> None:
-    tc = WeakTrainConfig(model="avbind-xs", epochs=1, batch_size=3, threads=2, kmeans_clusters=4)
+    tc = WeakTrainConfig(model="avbind-xs", crop_epochs=1, epochs=1, batch_size=3, crop_batch_size=4, threads=2,
+                         kmeans_clusters=4)
     path = train_weak(tiny_set, tmp_path / "run", tc, progress=False)
     model = load_model(path)
     assert model.config.heads.gate_by_relevance
     history = load_checkpoint(path)["train_state"]["history"]
-    assert {"base", "filtered", "norm", "contrast", "auxiliary"} <= set(history[0])
-    assert 0 < history[0]["kmeans_share_of_step_time"] < 1
+    assert [h["stage"] for h in history] == ["crops", "videos"]
+    assert {"video_class", "auxiliary", "verb_noun"} == set(history[0]) - {"epoch", "stage", "loss", "seconds"}
+    assert {"base", "filtered", "norm", "contrast", "pseudo_label", "video_class", "auxiliary"} <= set(history[1])
+    assert 0 < history[1]["kmeans_share_of_step_time"] < 1
     report = evaluate(model, tiny_set, "test", ablations=("fusion",), progress=False)
     assert report["ablations"]["fusion"]["stream_offline_agreement"] == 1.0
     # Without the filtered branch the relevance is untrained: the plain background logit is used.
-    plain = train_weak(tiny_set, tmp_path / "plain", replace(tc, suppression_weight=0.0, contrast_weight=0.0),
-                       progress=False)
+    plain = train_weak(tiny_set, tmp_path / "plain", replace(tc, crop_epochs=0, suppression_weight=0.0,
+                                                             contrast_weight=0.0), progress=False)
     assert not load_model(plain).config.heads.gate_by_relevance
+
+
+def test_whole_video_stage_can_start_from_a_shared_crop_stage(tiny_set: Path, tmp_path: Path) -> None:
+    tc = WeakTrainConfig(model="avbind-xs", crop_epochs=1, epochs=0, crop_batch_size=4, threads=2)
+    crops = train_weak(tiny_set, tmp_path / "crops", tc, progress=False).parent / "last.pt"
+    whole = replace(tc, epochs=1, batch_size=3, kmeans_clusters=4, contrast_weight=0.0)
+    a = train_weak(tiny_set, tmp_path / "a", whole, progress=False, warm_start=crops)
+    b = train_weak(tiny_set, tmp_path / "b", whole, progress=False)  # its own crop stage, same seed
+    history = load_checkpoint(a)["train_state"]["history"]
+    assert [h["stage"] for h in history] == ["crops", "videos"]
+    for x, y in zip(load_model(a).state_dict().values(), load_model(b).state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y)  # sharing the crop stage is the same as training it again
+    with pytest.raises(ValueError, match="crop stage"):
+        train_weak(tiny_set, tmp_path / "c", replace(whole, crop_epochs=2), progress=False, warm_start=crops)
+
+
+def test_ablation_shares_the_crop_stage_and_resumes(tiny_set: Path, tmp_path: Path) -> None:
+    from avbind.models.weak_training import run_weak_ablation
+
+    tc = WeakTrainConfig(model="avbind-xs", crop_epochs=1, epochs=1, batch_size=3, crop_batch_size=4, threads=2,
+                         kmeans_clusters=4)
+    variants = {"full": {}, "without contrast": {"contrast_weight": 0.0}}
+    results = run_weak_ablation(tiny_set, tiny_set, tmp_path, tc, variants, progress=False)
+    assert set(results) == set(variants)
+    for name, result in results.items():
+        assert 0 <= result["segment_accuracy"] <= 1 and "mAP@0.5" in result["localization"]
+        history = load_checkpoint(tmp_path / name.replace(" ", "-") / "model.pt")["train_state"]["history"]
+        assert [h["stage"] for h in history] == ["crops", "videos"]
+    assert len(list(tmp_path.glob("*/model.pt"))) == 3  # the crop stage and the two variants
+    # A second call (an interrupted run started again) reuses what is finished and trains nothing.
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/model.pt")}
+    assert run_weak_ablation(tiny_set, tiny_set, tmp_path, tc, variants, progress=False) == results
+    assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/model.pt")}
+    with pytest.raises(ValueError, match="changes the crop stage"):
+        run_weak_ablation(tiny_set, tiny_set, tmp_path, tc, {"other lr": {"lr": 1e-4}}, progress=False)
