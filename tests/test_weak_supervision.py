@@ -203,6 +203,7 @@ def test_weak_training_writes_a_streamable_gated_model(tiny_set: Path, tmp_path:
     assert not load_model(plain).config.heads.gate_by_relevance
 
 
+@pytest.mark.slow
 def test_whole_video_stage_can_start_from_a_shared_crop_stage(tiny_set: Path, tmp_path: Path) -> None:
     tc = WeakTrainConfig(model="avbind-xs", crop_epochs=1, epochs=0, crop_batch_size=4, threads=2)
     crops = train_weak(tiny_set, tmp_path / "crops", tc, progress=False).parent / "last.pt"
@@ -217,6 +218,7 @@ def test_whole_video_stage_can_start_from_a_shared_crop_stage(tiny_set: Path, tm
         train_weak(tiny_set, tmp_path / "c", replace(whole, crop_epochs=2), progress=False, warm_start=crops)
 
 
+@pytest.mark.slow
 def test_ablation_shares_the_crop_stage_and_resumes(tiny_set: Path, tmp_path: Path) -> None:
     from avbind.models.weak_training import run_weak_ablation
 
