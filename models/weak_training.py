@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -139,14 +140,33 @@ class DenoisedContrast:
         return loss
 
 
+def _video_targets(batch: list[WeakVideo], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's video-level classes, verbs and nouns as (N, K) multi-hot tensors."""
+    return tuple(torch.from_numpy(np.stack([getattr(b, name) for b in batch])).to(device)
+                 for name in ("classes", "verbs", "nouns"))
+
+
+def _per_modality(
+    extra: WeakTrainingHeads, outputs: dict[str, torch.Tensor], mask: torch.Tensor, classes: torch.Tensor,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``loss(logits, classes)`` of each encoder's own classifier, over the videos that have that modality."""
+    total = classes.new_zeros(())
+    for head, features, column in ((extra.video, outputs["video_features"], VIDEO),
+                                   (extra.audio, outputs["audio_features"], AUDIO)):
+        present = mask[:, 0, column] > 0
+        if present.any():
+            total = total + loss(head(features[present]), classes[present])
+    return total
+
+
 def weak_losses(
     model: AVBindNet, extra: WeakTrainingHeads, outputs: dict[str, torch.Tensor], batch: list[WeakVideo],
     mask: torch.Tensor, tc: WeakTrainConfig, contrast: DenoisedContrast, ramp: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """All weak loss terms of one batch; ``ramp`` in [0, 1] scales the terms that read the model's
     own T-CAS (contrast, pseudo-labels), which means nothing at the start."""
-    device = outputs["hidden"].device
-    classes = torch.from_numpy(np.stack([b.classes for b in batch])).to(device)
+    classes, verbs, nouns = _video_targets(batch, outputs["hidden"].device)
     t = outputs["hidden"].shape[1]
     k = max(1, round(t * tc.topk_fraction))
     parts: dict[str, torch.Tensor] = {}
@@ -162,19 +182,12 @@ def weak_losses(
         parts["video_class"] = tc.video_class_weight * video_class_loss(
             outputs["event_logits"][..., :num_classes], classes)
     if tc.auxiliary_weight:
-        aux = hidden.new_zeros(())
-        for head, features, column in ((extra.video, outputs["video_features"], VIDEO),
-                                       (extra.audio, outputs["audio_features"], AUDIO)):
-            present = mask[:, 0, column] > 0
-            if present.any():
-                logits = head(features[present])
-                aux = aux + mil_loss(logits, classes[present], k)
-                if tc.video_class_weight:
-                    aux = aux + tc.video_class_weight * video_class_loss(logits, classes[present])
-        parts["auxiliary"] = tc.auxiliary_weight * aux
+        def modality_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            dense = tc.video_class_weight * video_class_loss(logits, targets) if tc.video_class_weight else 0.0
+            return mil_loss(logits, targets, k) + dense
+
+        parts["auxiliary"] = tc.auxiliary_weight * _per_modality(extra, outputs, mask, classes, modality_loss)
     if tc.verb_noun_weight and "verb_logits" in outputs:
-        verbs = torch.from_numpy(np.stack([b.verbs for b in batch])).to(device)
-        nouns = torch.from_numpy(np.stack([b.nouns for b in batch])).to(device)
         parts["verb_noun"] = tc.verb_noun_weight * (mil_loss(outputs["verb_logits"], verbs, k)
                                                     + mil_loss(outputs["noun_logits"], nouns, k))
     if tc.contrast_weight or tc.pseudo_label_weight:
@@ -196,20 +209,11 @@ def crop_losses(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The crop stage's terms: every step's class (verb, noun) choice against its video's, on the
     event head and on each encoder. A crop may hold no event, so nothing here says where one is."""
-    device = outputs["hidden"].device
-    classes = torch.from_numpy(np.stack([b.classes for b in batch])).to(device)
+    classes, verbs, nouns = _video_targets(batch, outputs["hidden"].device)
     parts = {"video_class": video_class_loss(outputs["event_logits"][..., : model.config.heads.num_classes], classes)}
     if tc.auxiliary_weight:
-        aux = classes.new_zeros(())
-        for head, features, column in ((extra.video, outputs["video_features"], VIDEO),
-                                       (extra.audio, outputs["audio_features"], AUDIO)):
-            present = mask[:, 0, column] > 0
-            if present.any():
-                aux = aux + video_class_loss(head(features[present]), classes[present])
-        parts["auxiliary"] = tc.auxiliary_weight * aux
+        parts["auxiliary"] = tc.auxiliary_weight * _per_modality(extra, outputs, mask, classes, video_class_loss)
     if tc.verb_noun_weight and "verb_logits" in outputs:
-        verbs = torch.from_numpy(np.stack([b.verbs for b in batch])).to(device)
-        nouns = torch.from_numpy(np.stack([b.nouns for b in batch])).to(device)
         parts["verb_noun"] = tc.verb_noun_weight * (video_class_loss(outputs["verb_logits"], verbs)
                                                     + video_class_loss(outputs["noun_logits"], nouns))
     total = sum(parts.values())
@@ -311,7 +315,8 @@ def train_weak(
         stage = "crops" if epoch < tc.crop_epochs else "videos"
         per_epoch, batches = stages[stage]
         stage_epoch = epoch if stage == "crops" else epoch - tc.crop_epochs
-        stage_total = per_epoch * (tc.crop_epochs if stage == "crops" else tc.epochs)
+        stage_epochs = tc.crop_epochs if stage == "crops" else tc.epochs
+        stage_total = per_epoch * stage_epochs
         peak = tc.whole_video_lr if stage == "videos" and tc.crop_epochs else tc.lr
         if optimizer is None or stage_epoch == 0:  # each stage starts a fresh optimizer
             optimizer = torch.optim.AdamW(params, lr=peak, weight_decay=tc.weight_decay)
@@ -322,7 +327,7 @@ def train_weak(
         extra.train()
         rng = np.random.default_rng([tc.seed, epoch])
         torch.manual_seed(tc.seed * 1000 + epoch)
-        bar = tqdm(total=per_epoch, desc=f"weak {stage} {stage_epoch + 1}/{stage_total // per_epoch}",
+        bar = tqdm(total=per_epoch, desc=f"weak {stage} {stage_epoch + 1}/{stage_epochs}",
                    unit="batch", disable=not progress)
         sums: dict[str, float] = {}
         started, step_seconds = time.perf_counter(), 0.0
@@ -379,8 +384,8 @@ ABLATION_VARIANTS: dict[str, dict] = {
     "without background suppression": {"suppression_weight": 0.0, "norm_weight": 0.0},
     "without the dense video-class term": {"video_class_weight": 0.0},
 }
-# Not in the default run (it costs as much as the other variants together): the crop stage itself.
-WITHOUT_CROP_STAGE = {"without the crop stage": {"crop_epochs": 0}}
+# Not in the default run (it costs as much as the other variants together): the crop stage itself,
+# e.g. variants={"without the crop stage": {"crop_epochs": 0}}.
 # Whole-video epochs that cost about as much as one crop epoch (measured on avsynth: 130 s vs 165 s).
 CROP_EPOCH_IN_VIDEO_EPOCHS = 0.8
 
