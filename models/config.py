@@ -95,8 +95,9 @@ class HeadDims:
     num_verbs: int = 0  # 0 disables the verb/noun heads
     num_nouns: int = 0
     verb_noun_dim: int = 128  # size of the mutually gated verb and noun branches
-    # Weakly trained models have no background labels to learn a background logit from; their
-    # background probability is 1 - relevance and the classes share the rest (see Heads).
+    # Weakly trained models have no background labels to learn a background logit from alone; their
+    # foreground probability is relevance * (1 - the head's background) and the classes share it
+    # (see relevance_gated_logits).
     gate_by_relevance: bool = False
 
     def __post_init__(self) -> None:
@@ -222,10 +223,13 @@ class WeakTrainConfig:
     suppression_weight: float = 1.0  # BaS-Net filtered branch (and the relevance-gated output)
     norm_weight: float = 0.001  # L1 on the relevance (foreground filter); 0.1 collapsed it to 0
     contrast_weight: float = 0.5  # denoised cross-video contrast, after its warm-up
-    pseudo_label_weight: float = 1.0  # per-step targets from the denoised pseudo-labels, after the warm-up
+    pseudo_label_weight: float = 3.0  # per-step targets from the denoised pseudo-labels, after the warm-up
     # Of the whole-video stage's steps: ramp contrast and pseudo-label weights from 0 (the T-CAS
     # must mean something first).
     contrast_warmup_fraction: float = 0.2
+    # Where pseudo-labels are read: "encoders" (each encoder's own classifier, which ends when the
+    # event does) or "fused" (the event output itself, which lingers after an event ends).
+    pseudo_labels_from: str = "encoders"
     denoise: bool = True  # weight pseudo-labels by K-means cluster purity (off: trust them all)
     kmeans_clusters: int = 8
     kmeans_iterations: int = 3
@@ -243,6 +247,8 @@ class WeakTrainConfig:
             raise ValueError(f"topk_fraction must lie in (0, 1], got {self.topk_fraction}")
         if not 0 <= self.drop_audio + self.drop_video < 1:
             raise ValueError("drop_audio + drop_video must lie in [0, 1)")
+        if self.pseudo_labels_from not in ("encoders", "fused"):
+            raise ValueError(f"pseudo_labels_from must be 'encoders' or 'fused', got {self.pseudo_labels_from!r}")
         if self.regions < 1 or self.kmeans_clusters < 1:
             raise ValueError("regions and kmeans_clusters must be >= 1")
         if self.crop_epochs < 0 or self.epochs < 0 or self.crop_epochs + self.epochs == 0:

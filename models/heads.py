@@ -44,15 +44,21 @@ class VerbNounHead(nn.Module):
         return {"verb_logits": verb_logits, "noun_logits": noun_logits, "action_scores": action}
 
 
-def relevance_gated_logits(class_logits: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-    """Event logits whose softmax is ``[r * softmax(class_logits), 1 - r]``.
+def relevance_gated_logits(logits: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """Event logits whose softmax is ``[f * softmax(class_logits), 1 - f]``, with the foreground
+    ``f = relevance * (1 - softmax(logits)[background])``.
 
     A weakly trained model learns its classes from video-level labels and where events are from
-    the relevance score (BaS-Net's foreground filter); this folds both into the one output every
-    runtime already reads, so a weak model streams, exports and evaluates like a supervised one.
+    its foreground filter (BaS-Net); this folds both into the one output every runtime already
+    reads, so a weak model streams, exports and evaluates like a supervised one. The filter is a
+    noisy-or of two background detectors: the DAM relevance sees only this step's features against
+    running contexts, so it cannot tell an event from the event's object standing idle while some
+    other sound plays; the head's own background output reads the aggregated state, which can.
+    logits: (..., C + 1), background last; relevance: (...,).
     """
-    r = relevance.clamp(1e-6, 1 - 1e-6).unsqueeze(-1)
-    return torch.cat([torch.log(r) + torch.log_softmax(class_logits, dim=-1), torch.log1p(-r)], dim=-1)
+    foreground = relevance * (1 - torch.softmax(logits, dim=-1)[..., -1])
+    f = foreground.clamp(1e-6, 1 - 1e-6).unsqueeze(-1)
+    return torch.cat([torch.log(f) + torch.log_softmax(logits[..., :-1], dim=-1), torch.log1p(-f)], dim=-1)
 
 
 class Heads(nn.Module):
@@ -70,7 +76,7 @@ class Heads(nn.Module):
         if self.gate_by_relevance:
             if relevance is None:
                 raise ValueError("a relevance-gated head needs the step's relevance")
-            logits = relevance_gated_logits(logits[..., : self.num_classes], relevance)
+            logits = relevance_gated_logits(logits, relevance)
         out = {"event_logits": logits}
         if self.verb_noun is not None:
             out.update(self.verb_noun(h))

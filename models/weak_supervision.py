@@ -4,10 +4,11 @@
   video's score for a class is the mean of its k highest steps, trained against the video label.
 * **Background suppression** (BaS-Net): every untrimmed video contains background, so the base
   branch's background label is always 1, which alone is a trivial target. A filtered branch reads
-  the hidden state multiplied by the relevance score (the foreground filter) and must find the
-  classes but *no* background; an L1 term keeps the filter sparse.
-* **Denoised cross-video contrast** (DCC): mean-threshold pseudo-labels on the T-CAS, trusted by how
-  pure their K-means cluster is; action and background region features from them, a memory bank
+  the hidden state multiplied by the foreground filter (the gated output's event probability) and
+  must find the classes but *no* background; an L1 term keeps the filter sparse.
+* **Denoised cross-video contrast** (DCC): mean-threshold pseudo-labels on the T-CAS (the weak
+  trainer reads it from the encoders' own classifiers), trusted by how pure their K-means cluster
+  of snippet features is; action and background region features from them, a memory bank
   of regions across videos, and InfoNCE pulling same-class regions together and pushing
   background and other classes away.
 * **Dense video-class term** (our addition, measured in the ablation): whatever a step of a video
@@ -17,7 +18,7 @@
 * **Pseudo-label self-training** (our addition to DCC, measured in the ablation): the same
   denoised pseudo-labels also serve as per-step targets for the event output, each step weighted by
   its cluster confidence. MIL and the filter alone never say how much of a video is event; this
-  does, from the model's own T-CAS.
+  does, from the model's own encoders.
 
 K-means was the slow part of DCC in practice. Here it runs batched on the training device over the
 batch's snippets, warm-started from the previous step's centroids, for a few iterations: a small

@@ -2,8 +2,8 @@
 contains, never when they happen.
 
 The network is the same AVBindNet, in clip form over whole videos, with one switch: its event
-output is relevance-gated (``HeadDims.gate_by_relevance``), so P(background) = 1 - relevance and
-the relevance score is BaS-Net's foreground filter. The trained model therefore streams, exports,
+output is relevance-gated (``HeadDims.gate_by_relevance``): P(event) = relevance * (1 - the head's
+own background), BaS-Net's foreground filter. The trained model therefore streams, exports,
 evaluates and feeds the live event detector exactly like a supervised one. The losses are in
 ``models/weak_supervision.py``.
 
@@ -102,15 +102,16 @@ class DenoisedContrast:
         self.kmeans_seconds = 0.0
 
     def pseudo_labels(
-        self, projected: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor
+        self, snippets: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean-threshold pseudo-labels (N, T, C) and their K-means confidence (all 1 without denoising)."""
-        n, t, _ = projected.shape
+        """Mean-threshold pseudo-labels (N, T, C) and their confidence (all 1 without denoising): how
+        pure each one's K-means cluster of the (N, T, D) snippet features is."""
+        n, t, _ = snippets.shape
         pseudo = mean_threshold_pseudo_labels(scores, classes)
         if not self.tc.denoise:
             return pseudo, torch.ones_like(pseudo)
         began = time.perf_counter()
-        clusters = self.kmeans(projected.detach().flatten(0, 1)).view(n, t)
+        clusters = self.kmeans(snippets.detach().flatten(0, 1)).view(n, t)
         self.kmeans_seconds += time.perf_counter() - began
         return pseudo, cluster_confidence(pseudo, clusters, self.tc.kmeans_clusters)
 
@@ -160,6 +161,35 @@ def _per_modality(
     return total
 
 
+@torch.no_grad()
+def encoder_class_scores(
+    extra: WeakTrainingHeads, outputs: dict[str, torch.Tensor], mask: torch.Tensor
+) -> torch.Tensor:
+    """(N, T, C): each step's class probabilities from the encoders' own classifiers, averaged over
+    the modalities the step has.
+
+    Pseudo-labels come from here rather than from the fused event output because the fused output
+    aggregates over time (causally): it carries an event for seconds after the event has ended, and
+    pseudo-labels read from it would teach it to go on doing so. An encoder sees one step (the
+    audio window, the frame and its temporal shift), so its T-CAS ends when the event does.
+    """
+    total, count = 0.0, 0.0
+    for head, features, column in ((extra.video, outputs["video_features"], VIDEO),
+                                   (extra.audio, outputs["audio_features"], AUDIO)):
+        present = mask[..., column : column + 1]  # (N, T, 1)
+        total = total + present * head(features).softmax(-1)
+        count = count + present
+    return total / count.clamp_min(1.0)
+
+
+def encoder_snippet_features(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """(N, T, Dv + Da): each step's encoder features, unit-norm per modality and zero where absent:
+    what K-means groups to denoise the encoders' pseudo-labels (DCC clusters snippet features,
+    which see one snippet each, not the temporally aggregated state)."""
+    return torch.cat([F.normalize(outputs["video_features"].detach(), dim=-1) * mask[..., VIDEO : VIDEO + 1],
+                      F.normalize(outputs["audio_features"].detach(), dim=-1) * mask[..., AUDIO : AUDIO + 1]], dim=-1)
+
+
 def weak_losses(
     model: AVBindNet, extra: WeakTrainingHeads, outputs: dict[str, torch.Tensor], batch: list[WeakVideo],
     mask: torch.Tensor, tc: WeakTrainConfig, contrast: DenoisedContrast, ramp: float,
@@ -170,7 +200,8 @@ def weak_losses(
     t = outputs["hidden"].shape[1]
     k = max(1, round(t * tc.topk_fraction))
     parts: dict[str, torch.Tensor] = {}
-    hidden, relevance = outputs["hidden"], outputs["relevance"]
+    # The foreground filter is the gated output's event probability (see relevance_gated_logits).
+    hidden, relevance = outputs["hidden"], 1 - outputs["event_logits"][..., -1].exp()
     bas = background_suppression_losses(model.heads.event, hidden, relevance, classes, k)
     parts["base"] = bas["base"]
     if tc.suppression_weight:
@@ -192,8 +223,12 @@ def weak_losses(
                                                     + mil_loss(outputs["noun_logits"], nouns, k))
     if tc.contrast_weight or tc.pseudo_label_weight:
         projected = F.normalize(extra.projection(hidden), dim=-1)
-        scores = outputs["event_logits"].detach().softmax(-1)[..., : model.config.heads.num_classes]
-        pseudo, confidence = contrast.pseudo_labels(projected, scores, classes)
+        if tc.pseudo_labels_from == "encoders":
+            scores, snippets = encoder_class_scores(extra, outputs, mask), encoder_snippet_features(outputs, mask)
+        else:
+            scores = outputs["event_logits"].detach().softmax(-1)[..., : model.config.heads.num_classes]
+            snippets = projected
+        pseudo, confidence = contrast.pseudo_labels(snippets, scores, classes)
         if tc.contrast_weight:
             parts["contrast"] = ramp * tc.contrast_weight * contrast.loss(projected, pseudo, confidence, classes)
         if tc.pseudo_label_weight:
@@ -383,11 +418,21 @@ ABLATION_VARIANTS: dict[str, dict] = {
     "without L1 on the filter": {"norm_weight": 0.0},
     "without background suppression": {"suppression_weight": 0.0, "norm_weight": 0.0},
     "without the dense video-class term": {"video_class_weight": 0.0},
+    "pseudo-labels from the fused output": {"pseudo_labels_from": "fused"},  # as DCC: the model's own T-CAS
 }
 # Not in the default run (it costs as much as the other variants together): the crop stage itself,
 # e.g. variants={"without the crop stage": {"crop_epochs": 0}}.
 # Whole-video epochs that cost about as much as one crop epoch (measured on avsynth: 130 s vs 165 s).
 CROP_EPOCH_IN_VIDEO_EPOCHS = 0.8
+# The settings the crop stage reads: a shared crop stage serves every recipe that agrees on these,
+# whatever its whole-video stage does, and an ablation variant may not change them.
+CROP_STAGE_SETTINGS = ("model", "crop_epochs", "crop_steps", "crops_per_video", "crop_batch_size", "lr",
+                       "warmup_fraction", "weight_decay", "drop_audio", "drop_video", "auxiliary_weight",
+                       "verb_noun_weight", "projection_dim", "seed")
+
+
+def _crop_stage_settings(settings: dict) -> dict:
+    return {name: settings.get(name) for name in CROP_STAGE_SETTINGS}
 
 
 def _shared_crop_stage(data_dir: str | Path, out: Path, tc: WeakTrainConfig, progress: bool) -> tuple[Path, float]:
@@ -397,7 +442,7 @@ def _shared_crop_stage(data_dir: str | Path, out: Path, tc: WeakTrainConfig, pro
     last = out / "last.pt"
     if last.is_file() and (out / "model.pt").is_file():
         payload = load_checkpoint(last)
-        if payload.get("weak_train_config") == asdict(crop_only):
+        if _crop_stage_settings(payload.get("weak_train_config") or {}) == _crop_stage_settings(asdict(crop_only)):
             log.info("ablation: reusing the crop stage in %s", out)
             return last, float(sum(h["seconds"] for h in payload["train_state"]["history"]))
     began = time.perf_counter()
@@ -433,9 +478,7 @@ def run_weak_ablation(
             results[name] = earlier[name]
             continue
         began = time.perf_counter()
-        if variant.crop_epochs and set(change) & {"crop_epochs", "crop_steps", "crops_per_video", "crop_batch_size",
-                                                  "auxiliary_weight", "verb_noun_weight", "lr", "seed", "model",
-                                                  "drop_audio", "drop_video", "weight_decay", "warmup_fraction"}:
+        if variant.crop_epochs and set(change) & set(CROP_STAGE_SETTINGS):
             raise ValueError(f"ablation variant {name!r} changes the crop stage, which the variants share")
         warm = None
         if variant.crop_epochs:

@@ -31,7 +31,13 @@ from avbind.models.weak_supervision import (  # noqa: E402
     topk_pool,
     video_class_loss,
 )
-from avbind.models.weak_training import WeakVideo, train_weak, video_level_labels  # noqa: E402
+from avbind.models.weak_training import (  # noqa: E402
+    WeakTrainingHeads,
+    WeakVideo,
+    encoder_class_scores,
+    train_weak,
+    video_level_labels,
+)
 
 
 def test_topk_pool_and_mil_loss_by_hand() -> None:
@@ -59,12 +65,18 @@ def test_video_class_loss_by_hand() -> None:
     assert float(video_class_loss(logits + 5.0, one)) == pytest.approx(float(video_class_loss(logits, one)))
 
 
-def test_gated_logits_give_background_one_minus_relevance() -> None:
-    logits = torch.tensor([[2.0, 0.0, -1.0]])
+def test_gated_logits_are_a_noisy_or_of_relevance_and_the_heads_background() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0]])  # two classes, then background
     r = torch.tensor([0.3])
     probs = relevance_gated_logits(logits, r).softmax(-1)
-    expected = torch.cat([0.3 * logits.softmax(-1), torch.tensor([[0.7]])], dim=-1)
+    head = logits.softmax(-1)
+    foreground = 0.3 * (1 - head[0, 2])  # an event only where the relevance and the head both say so
+    expected = torch.tensor([[foreground * head[0, 0] / (1 - head[0, 2]), foreground * head[0, 1] / (1 - head[0, 2]),
+                              1 - foreground]])
     torch.testing.assert_close(probs, expected)
+    # A head that is sure of background gates everything off, whatever the relevance.
+    sure = relevance_gated_logits(torch.tensor([[0.0, 0.0, 20.0]]), torch.tensor([1.0])).softmax(-1)
+    assert float(sure[0, -1]) > 0.999
 
 
 def test_background_suppression_branches() -> None:
@@ -163,7 +175,9 @@ def test_gated_model_step_form_matches_clip_form() -> None:
             out, state = model.step(frames[:, t], mels[:, t], None, state)
             torch.testing.assert_close(out["event_logits"], clip["event_logits"][:, t], atol=1e-5, rtol=1e-5)
     probs = clip["event_logits"].softmax(-1)
-    torch.testing.assert_close(probs[..., -1], 1 - clip["relevance"], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        head = model.heads.event(model(frames, mels, return_features=True)[0]["hidden"]).softmax(-1)[..., -1]
+    torch.testing.assert_close(probs[..., -1], 1 - clip["relevance"] * (1 - head), atol=1e-5, rtol=1e-5)
 
 
 class _Prepared:
@@ -177,6 +191,24 @@ def test_video_level_labels_keep_which_not_when() -> None:
     (weak,) = video_level_labels([_Prepared([3, 3, 1, 1, 3])], num_classes=3, num_verbs=3, num_nouns=1)
     assert weak.classes.tolist() == [0, 1, 0] and weak.verbs.tolist() == [0, 1, 0] and weak.nouns.tolist() == [1]
     assert {f for f in WeakVideo.__dataclass_fields__} == {"video", "classes", "verbs", "nouns"}
+
+
+def test_encoder_class_scores_average_only_the_modalities_a_step_has() -> None:
+    model = AVBindNet(get_config("avbind-xs"))
+    extra = WeakTrainingHeads(model, projection_dim=8)
+    c = model.config
+    outputs = {"video_features": torch.randn(2, 3, c.video.last_channels),
+               "audio_features": torch.randn(2, 3, c.audio.embed_dim)}
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]).expand(2, 3, 2)  # both, video only, audio only
+    scores = encoder_class_scores(extra, outputs, mask)
+    video = extra.video(outputs["video_features"]).softmax(-1)
+    audio = extra.audio(outputs["audio_features"]).softmax(-1)
+    torch.testing.assert_close(scores[:, 0], (video[:, 0] + audio[:, 0]) / 2)
+    torch.testing.assert_close(scores[:, 1], video[:, 1])
+    torch.testing.assert_close(scores[:, 2], audio[:, 2])
+    torch.testing.assert_close(scores.sum(-1), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="pseudo_labels_from"):
+        WeakTrainConfig(pseudo_labels_from="relevance")
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +270,7 @@ def test_ablation_shares_the_crop_stage_and_resumes(tiny_set: Path, tmp_path: Pa
     assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/model.pt")}
     with pytest.raises(ValueError, match="changes the crop stage"):
         run_weak_ablation(tiny_set, tiny_set, tmp_path, tc, {"other lr": {"lr": 1e-4}}, progress=False)
+    # A recipe that differs only after the crop stage still starts from the finished crop stage.
+    crop_stage = tmp_path / "crop-stage" / "model.pt"
+    run_weak_ablation(tiny_set, tiny_set, tmp_path, replace(tc, whole_video_lr=5e-4), {"later": {}}, progress=False)
+    assert crop_stage.stat().st_mtime_ns == stamps[crop_stage]
