@@ -147,14 +147,18 @@ def _video_targets(batch: list[WeakVideo], device: torch.device) -> tuple[torch.
                  for name in ("classes", "verbs", "nouns"))
 
 
+def _encoders(extra: WeakTrainingHeads, outputs: dict[str, torch.Tensor]):
+    """Per encoder: its training-only classifier, its (N, T, D) features and its modality-mask column."""
+    return ((extra.video, outputs["video_features"], VIDEO), (extra.audio, outputs["audio_features"], AUDIO))
+
+
 def _per_modality(
     extra: WeakTrainingHeads, outputs: dict[str, torch.Tensor], mask: torch.Tensor, classes: torch.Tensor,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
     """``loss(logits, classes)`` of each encoder's own classifier, over the videos that have that modality."""
     total = classes.new_zeros(())
-    for head, features, column in ((extra.video, outputs["video_features"], VIDEO),
-                                   (extra.audio, outputs["audio_features"], AUDIO)):
+    for head, features, column in _encoders(extra, outputs):
         present = mask[:, 0, column] > 0
         if present.any():
             total = total + loss(head(features[present]), classes[present])
@@ -174,20 +178,21 @@ def encoder_class_scores(
     audio window, the frame and its temporal shift), so its T-CAS ends when the event does.
     """
     total, count = 0.0, 0.0
-    for head, features, column in ((extra.video, outputs["video_features"], VIDEO),
-                                   (extra.audio, outputs["audio_features"], AUDIO)):
+    for head, features, column in _encoders(extra, outputs):
         present = mask[..., column : column + 1]  # (N, T, 1)
         total = total + present * head(features).softmax(-1)
         count = count + present
     return total / count.clamp_min(1.0)
 
 
-def encoder_snippet_features(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def encoder_snippet_features(
+    extra: WeakTrainingHeads, outputs: dict[str, torch.Tensor], mask: torch.Tensor
+) -> torch.Tensor:
     """(N, T, Dv + Da): each step's encoder features, unit-norm per modality and zero where absent:
     what K-means groups to denoise the encoders' pseudo-labels (DCC clusters snippet features,
     which see one snippet each, not the temporally aggregated state)."""
-    return torch.cat([F.normalize(outputs["video_features"].detach(), dim=-1) * mask[..., VIDEO : VIDEO + 1],
-                      F.normalize(outputs["audio_features"].detach(), dim=-1) * mask[..., AUDIO : AUDIO + 1]], dim=-1)
+    return torch.cat([F.normalize(features.detach(), dim=-1) * mask[..., column : column + 1]
+                      for _, features, column in _encoders(extra, outputs)], dim=-1)
 
 
 def weak_losses(
@@ -200,9 +205,11 @@ def weak_losses(
     t = outputs["hidden"].shape[1]
     k = max(1, round(t * tc.topk_fraction))
     parts: dict[str, torch.Tensor] = {}
-    # The foreground filter is the gated output's event probability (see relevance_gated_logits).
-    hidden, relevance = outputs["hidden"], 1 - outputs["event_logits"][..., -1].exp()
-    bas = background_suppression_losses(model.heads.event, hidden, relevance, classes, k)
+    # The foreground filter is the event output's event probability (see relevance_gated_logits).
+    # softmax, not exp: a gated output is already log-probabilities, an ungated one
+    # (suppression_weight=0) is plain logits, and the L1 term may still read it.
+    hidden, foreground = outputs["hidden"], 1 - outputs["event_logits"].softmax(-1)[..., -1]
+    bas = background_suppression_losses(model.heads.event, hidden, foreground, classes, k)
     parts["base"] = bas["base"]
     if tc.suppression_weight:
         parts["filtered"] = tc.suppression_weight * bas["filtered"]
@@ -224,9 +231,10 @@ def weak_losses(
     if tc.contrast_weight or tc.pseudo_label_weight:
         projected = F.normalize(extra.projection(hidden), dim=-1)
         if tc.pseudo_labels_from == "encoders":
-            scores, snippets = encoder_class_scores(extra, outputs, mask), encoder_snippet_features(outputs, mask)
+            scores = encoder_class_scores(extra, outputs, mask)
+            snippets = encoder_snippet_features(extra, outputs, mask)
         else:
-            scores = outputs["event_logits"].detach().softmax(-1)[..., : model.config.heads.num_classes]
+            scores = outputs["event_logits"].detach().softmax(-1)[..., :num_classes]
             snippets = projected
         pseudo, confidence = contrast.pseudo_labels(snippets, scores, classes)
         if tc.contrast_weight:
