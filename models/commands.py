@@ -88,8 +88,6 @@ def _eval(args: argparse.Namespace) -> int:
                           streaming=not args.no_streaming)
     print(format_report(report))
     if args.localization:
-        import json
-
         from avbind.models.localization import evaluate_localization
 
         if args.model:
@@ -102,7 +100,9 @@ def _eval(args: argparse.Namespace) -> int:
         print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in located.items()))
         report["localization"] = located
         if args.out:
-            (args.out / "localization.json").write_text(json.dumps(located, indent=2))
+            from avbind.models.evaluation import strict_json
+
+            (args.out / "localization.json").write_text(strict_json(located))
     if args.out:
         print(f"report and confusion matrices: {args.out}")
     return 0

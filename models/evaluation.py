@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -194,7 +196,7 @@ def evaluate(
             entry["confusion_png"] = str(png)
         report["ablations"][ablation] = entry
     if out_dir is not None:
-        (Path(out_dir) / "eval.json").write_text(json.dumps(report, indent=2))
+        (Path(out_dir) / "eval.json").write_text(strict_json(report))
     return report
 
 
@@ -215,6 +217,26 @@ def evaluate_model_file(
         report["ablations"][ablation] = {"streaming": {k: v for k, v in asdict(result).items() if k != "predictions"}}
     runner.close()
     return report
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float as None.
+
+    An undefined figure (a class with no test segment) is NaN in memory; Python's json module
+    would write it as the bare word NaN, which no strict JSON reader (jq, JavaScript, Go) accepts.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def strict_json(value: Any) -> str:
+    """JSON any reader accepts: undefined figures are null (see :func:`json_ready`)."""
+    return json.dumps(json_ready(value), indent=2, allow_nan=False)
 
 
 def format_report(report: dict) -> str:

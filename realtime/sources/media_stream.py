@@ -46,6 +46,27 @@ STOP_WAIT_S = 2.0  # s; longest stop() waits for the thread
 WARNING_INTERVAL_S = 1.0  # s; at most one decode warning per interval, the rest only counted
 
 
+# ``scheme://user:password@host``: the userinfo part of a URL, which carries camera passwords.
+URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]*)@")
+# Query options that carry secrets (SRT's passphrase, tokens of HTTP and RTMP streams).
+SECRET_OPTION = re.compile(r"(?P<key>[?&](?:passphrase|password|passwd|pass|pwd|token|key|secret)=)[^&\s]*", re.I)
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``.
+
+    Source names go into status messages, the terminal and logs, all of which reach people and
+    subscribers who must not learn a camera's password; the user name stays so a wrong account
+    can still be recognised.
+    """
+
+    def hide(match: re.Match[str]) -> str:
+        user, colon, _ = match.group("userinfo").partition(":")
+        return f"{match.group('scheme')}{user}{':***' if colon else ''}@"
+
+    return SECRET_OPTION.sub(r"\g<key>***", URL_USERINFO.sub(hide, text))
+
+
 def is_network_url(url: str) -> bool:
     """``scheme://...`` other than ``file://``: something that can vanish and come back."""
     match = URL_SCHEME.match(url)
@@ -55,8 +76,8 @@ def is_network_url(url: str) -> bool:
 def _describe(err: BaseException) -> str:
     """FFmpeg errors repeat the URL in their text; keep the reason only."""
     if isinstance(err, av.error.FFmpegError) and err.strerror:
-        return str(err.strerror)
-    return str(err) or type(err).__name__
+        return redact_credentials(str(err.strerror))
+    return redact_credentials(str(err)) or type(err).__name__
 
 
 @dataclass
@@ -110,7 +131,7 @@ class MediaStreamSource(Source):
         if speed < 0:
             raise ValueError(f"speed must be >= 0 (0 or inf: unpaced), got {speed}")
         self.url = os.fspath(url_or_path)
-        self.name = self.url
+        self.name = redact_credentials(self.url)  # the URL with its password: only FFmpeg sees it
         self.is_network = is_network_url(self.url)
         self.sample_rate = int(sample_rate)
         self.speed = float(speed)
