@@ -31,17 +31,39 @@ def _require_torch(command: str) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    _require_torch("models")
+    """List configurations at once, without torch; ``--cost`` builds each model to count its cost.
+
+    Listing is read from the configuration table alone (the runtime has it too); parameters, MACs
+    and state size come from running one real step under torch's FLOP counter, which takes
+    seconds per model and needs the ``[train]`` extra, so only when asked.
+    """
     from avbind.models.config import CONFIGS, DEFAULT_CONFIG
-    from avbind.models.summary import summarize
 
     names = args.names or list(CONFIGS)
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         sys.exit(f"avbind models: unknown configuration(s) {unknown}; choose from {sorted(CONFIGS)}")
-    summaries = [summarize(CONFIGS[n]) for n in names]
-    if args.json:
-        print(json.dumps([{**asdict(s), "state_bytes": s.state_bytes} for s in summaries], indent=2))
+    if args.cost:
+        _require_torch("models --cost")
+        from avbind.models.summary import summarize
+
+        summaries = [summarize(CONFIGS[n]) for n in names]
+        if args.json:
+            print(json.dumps([{**asdict(s), "state_bytes": s.state_bytes} for s in summaries], indent=2))
+            return 0
+    else:
+        configs = [CONFIGS[n] for n in names]
+        if args.json:
+            print(json.dumps([{"name": c.name, "input_size": c.video.input_size, "n_mels": c.features.n_mels,
+                               "audio_window_s": c.audio_window_s, "step_rate_hz": c.step_rate_hz} for c in configs],
+                             indent=2))
+            return 0
+        print(f"{'model':<12}{'input':>8}{'mels':>6}{'audio':>8}{'steps':>8}")
+        for c in configs:
+            star = "*" if c.name == DEFAULT_CONFIG else " "
+            print(f"{c.name + star:<12}{c.video.input_size:>6}px{c.features.n_mels:>6}{c.audio_window_s:>7.2f}s"
+                  f"{c.step_rate_hz:>6.0f}/s")
+        print("* default. `avbind models --cost` adds parameters, MACs per step and state size (needs torch).")
         return 0
     header = f"{'model':<12}{'params':>9}{'MACs/step':>11}{'state':>24}{'input':>8}{'mels':>6}{'audio':>8}{'steps':>8}"
     print(header)
@@ -107,9 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    models = sub.add_parser("models", help="list model configurations with parameters, MACs per step and state size")
+    models = sub.add_parser("models", help="list model configurations (--cost: parameters, MACs per step, state size)")
     models.add_argument("names", nargs="*", help="configurations to show (default: all)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.add_argument("--cost", action="store_true",
+                        help="build each model and count parameters, MACs per step and state (needs torch; slow)")
     models.set_defaults(func=_models)
 
     from avbind.models.data import avsynth  # numpy, PyAV and OpenCV only: no torch

@@ -7,10 +7,15 @@ engine was built), so a deployment with only the runtime installed has every one
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import math
+import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ from avbind.realtime.backends import BACKENDS, Backend, create_backend
 from avbind.realtime.engine import Engine, EngineSettings, percentiles_ms
 from avbind.realtime.postprocess.events import DetectorSettings
 from avbind.realtime.postprocess.stream_outputs import OutputSettings
+from avbind.realtime.publish.messages import check_stream_name
 from avbind.realtime.publish.publisher import Publisher
 from avbind.realtime.publish.subscriber import Subscriber, format_message
 from avbind.realtime.scheduler.stream import StreamSettings
@@ -54,7 +60,66 @@ def open_publisher(endpoints: list[str], fallback: bool) -> Publisher:
         return publisher
 
 
+def _number(
+    *, above: float | None = None, minimum: float | None = None, maximum: float | None = None,
+    integer: bool = False, allow_inf: bool = False,
+) -> Callable[[str], float]:
+    """An argparse ``type=`` that parses a number and checks its range at parse time.
+
+    Bad values then fail with argparse's one-line ``argument --x: ...`` error (exit 2) before the
+    model loads, instead of a traceback minutes later or, for nan, silently wrong behaviour.
+    """
+    bounds = [f"> {above:g}" if above is not None else "", f">= {minimum:g}" if minimum is not None else "",
+              f"<= {maximum:g}" if maximum is not None else ""]
+    wanted = (("an integer" if integer else "a number" if allow_inf else "a finite number")
+              + "".join(f" {b}" for b in bounds if b and not b.startswith("<="))
+              + (" (inf allowed)" if allow_inf else ""))
+    if maximum is not None:
+        wanted += f" and <= {maximum:g}" if (above is not None or minimum is not None) else f" <= {maximum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value: float = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        ok = not math.isnan(value) and (allow_inf or math.isfinite(value))
+        ok = ok and (above is None or value > above) and (minimum is None or value >= minimum)
+        ok = ok and (maximum is None or value <= maximum)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = "int" if integer else "float"
+    return parse
+
+
+def _stream_name(text: str) -> str:
+    """argparse ``type=`` for ``--name``: names become ZeroMQ topics, so a bad one fails at parse time."""
+    try:
+        return check_stream_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _check_engine_options(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int],
+                          ) -> Callable[[argparse.Namespace], int]:
+    """Wrap a command so options that constrain each other are checked (argparse error, exit 2) first.
+
+    ``--event-off <= --event-on`` cannot be a per-option ``type=`` check since either may come first.
+    """
+    @functools.wraps(func)
+    def checked(args: argparse.Namespace) -> int:
+        if args.event_off > args.event_on:
+            parser.error(f"argument --event-off: must be <= --event-on ({args.event_on:g}), got {args.event_off:g}")
+        return func(args)
+
+    return checked
+
+
 def stream_settings(args: argparse.Namespace) -> StreamSettings:
+    """The per-stream settings of the engine options; ValueError names the first bad value."""
+    if args.event_off > args.event_on:
+        raise ValueError(f"--event-off ({args.event_off:g}) must be <= --event-on ({args.event_on:g})")
     detector = DetectorSettings(on=args.event_on, off=args.event_off, min_duration_s=args.event_min_s,
                                 merge_gap_s=args.event_gap_s)
     outputs = OutputSettings(segment_s=args.segment_s, detector=detector, publish_steps=args.publish_steps)
@@ -64,20 +129,23 @@ def stream_settings(args: argparse.Namespace) -> StreamSettings:
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="model file (.onnx, .engine or .pt; default: the shipped avbind-s)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
-    p.add_argument("--segment-s", type=float, default=1.0, help="seconds per published segment prediction")
+    p.add_argument("--threads", type=_number(minimum=0, integer=True), default=0,
+                   help="ONNX Runtime intra-op threads (0: one per core)")
+    p.add_argument("--segment-s", type=_number(above=0), default=1.0, help="seconds per published segment prediction")
     p.add_argument("--publish-steps", action="store_true", help="also publish per-step scores (topic .../step)")
-    p.add_argument("--event-on", type=float, default=DetectorSettings.on, help="score that opens an event")
-    p.add_argument("--event-off", type=float, default=DetectorSettings.off, help="score below which it closes")
-    p.add_argument("--event-min-s", type=float, default=DetectorSettings.min_duration_s,
+    p.add_argument("--event-on", type=_number(above=0, maximum=1), default=DetectorSettings.on,
+                   help="score that opens an event")
+    p.add_argument("--event-off", type=_number(above=0, maximum=1), default=DetectorSettings.off,
+                   help="score below which it closes (<= --event-on)")
+    p.add_argument("--event-min-s", type=_number(minimum=0), default=DetectorSettings.min_duration_s,
                    help="shortest event reported (s)")
-    p.add_argument("--event-gap-s", type=float, default=DetectorSettings.merge_gap_s,
+    p.add_argument("--event-gap-s", type=_number(minimum=0), default=DetectorSettings.merge_gap_s,
                    help="dips shorter than this do not end an event (s)")
-    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+    p.add_argument("--batch-wait-ms", type=_number(minimum=0), default=0.0,
                    help="let a due step wait this long for other streams' steps to share its backend call")
-    p.add_argument("--audio-wait-s", type=float, default=StreamSettings.audio_wait_s,
+    p.add_argument("--audio-wait-s", type=_number(minimum=0), default=StreamSettings.audio_wait_s,
                    help="how long a step waits for late audio before running degraded (s)")
-    p.add_argument("--max-lag-s", type=float, default=StreamSettings.max_lag_s,
+    p.add_argument("--max-lag-s", type=_number(above=0), default=StreamSettings.max_lag_s,
                    help="steps older than this are skipped when the engine falls behind (s)")
 
 
@@ -150,7 +218,58 @@ def format_demo_summary(s: dict[str, Any]) -> str:
 
 
 # run -----------------------------------------------------------------------------------------
+EXIT_FAILED = 1  # a stream ended with a source error
+EXIT_SIGINT = 128 + 2  # stopped by Ctrl-C (SIGINT), after the clean shutdown and summary
+EXIT_SIGTERM = 128 + 15  # stopped by SIGTERM, after the clean shutdown and summary
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM set a flag the run loop polls, instead of raising inside whatever runs.
+
+    A KeyboardInterrupt can land anywhere (a sleep before the ``try``, a ZeroMQ poll, a listener),
+    and the default SIGTERM kills the process with no ``ended`` status and no summary. A flag makes
+    both a clean shutdown; a second signal while shutting down exits at once.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            os._exit(128 + signum)
+        self.received = signum
+
+    @property
+    def exit_code(self) -> int | None:
+        if self.received is None:
+            return None
+        return EXIT_SIGTERM if self.received == signal.SIGTERM else EXIT_SIGINT
+
+
+def _print_run_problems(message: dict[str, Any]) -> None:
+    """With ``--quiet`` only predictions are hidden: source warnings and errors still go to stderr."""
+    if message["type"] == "status" and message.get("level") in ("warning", "error"):
+        print(f"[{message['stream']}] {message['level']}: {message['message']}", file=sys.stderr, flush=True)
+
+
 def run_command(args: argparse.Namespace) -> int:
+    """Run every stream until each has ended, ``--seconds`` passed, or SIGINT / SIGTERM arrived.
+
+    Exit status, so that scripts and supervisors can tell a failed run from a finished one:
+    0 when every stream completed; 1 when any stream reported a source error (every stream still
+    runs to its end and the summary says which failed and why); 130 after SIGINT (Ctrl-C) and 143
+    after SIGTERM, both after the same clean shutdown (``ended`` statuses published, summary printed).
+    """
     from avbind.realtime.sources.open_source import stream_sources
 
     videos, audios = args.video or [], args.audio or []
@@ -167,35 +286,62 @@ def run_command(args: argparse.Namespace) -> int:
     backend = open_backend(args.model, args.backend, args.threads)
     sample_rate = backend.info.features.sample_rate
     try:
-        streams = [(n, stream_sources(v, a, sample_rate, args.speed)) for n, (v, a) in zip(names, pairs, strict=True)]
+        streams = [(n, stream_sources(v, a, sample_rate, args.speed, args.reconnect_for_s))
+                   for n, (v, a) in zip(names, pairs, strict=True)]
     except ValueError as err:
         sys.exit(f"avbind run: {err}")
     publisher = open_publisher(args.publish or [DEFAULT_ENDPOINT], fallback=False)
     engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
+    problems: dict[str, str] = {}  # stream -> its last source error
+    engine.listeners.append(lambda m: problems.__setitem__(m["stream"], m["message"])
+                            if m["type"] == "status" and m.get("level") == "error" else None)
+    if args.quiet:
+        engine.listeners.append(_print_run_problems)
     view = None if args.quiet else TerminalView(Subscriber(publisher.bound[0]))
-    time.sleep(0.2)  # ZeroMQ's slow joiner: let the view connect first
-    print(f"avbind run: {len(streams)} stream(s) -> {backend.info.name} on {engine.backend_name}; "
-          f"publishing on {', '.join(publisher.bound)}", file=sys.stderr)
-    engine.start()
-    for name, sources in streams:
-        engine.add_stream(name, sources, stream_settings(args))
-    until = None if args.seconds is None else time.monotonic() + args.seconds
-    try:
+    with _StopSignals() as signals:
+        time.sleep(0.2)  # ZeroMQ's slow joiner: let the view connect first
+        print(f"avbind run: {len(streams)} stream(s) -> {backend.info.name} on {engine.backend_name}; "
+              f"publishing on {', '.join(publisher.bound)}", file=sys.stderr)
+        engine.start()
+        for name, sources in streams:
+            if signals.received is None:
+                engine.add_stream(name, sources, stream_settings(args))
+        until = None if args.seconds is None else time.monotonic() + args.seconds
+
+        def done() -> bool:
+            return signals.received is not None or not engine.streams
+
         if view is not None:
-            view.run(until=until, stop_when_ended=True)
+            view.run(until=until, done=done)
         else:
-            while engine.streams and (until is None or time.monotonic() < until):
+            while not done() and (until is None or time.monotonic() < until):
                 time.sleep(0.1)
-    except KeyboardInterrupt:
-        pass
-    engine.stop()
-    publisher.close()
+        engine.stop()
+        if view is not None:
+            view.drain()
+            view.subscriber.close()
+        time.sleep(0.2)  # the publisher drops what is queued on close: let the ``ended`` statuses go out
+        publisher.close()
+        failed = _summarise_run(engine, problems)
+    if signals.exit_code is not None:
+        return signals.exit_code
+    return EXIT_FAILED if failed else 0
+
+
+def _summarise_run(engine: Engine, problems: dict[str, str]) -> bool:
+    """One line per stream on stderr, saying which failed and why; True if any failed."""
+    failed = False
     for stream in engine.finished_streams.values():
         latency = percentiles_ms(list(stream.latencies))
         shown = "n/a" if latency["p50"] is None else f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms"
         drops = ", ".join(f"{k} {v}" for k, v in stream.drops().items() if v) or "none"
-        print(f"{stream.name}: {stream.counters.steps} steps, latency {shown}, drops: {drops}", file=sys.stderr)
-    return 0
+        outcome = "ok"
+        if stream.counters.source_errors or stream.name in problems:
+            failed = True
+            outcome = f"FAILED ({problems.get(stream.name, 'source error')})"
+        print(f"{stream.name}: {outcome}, {stream.counters.steps} steps, latency {shown}, drops: {drops}",
+              file=sys.stderr)
+    return failed
 
 
 # live ----------------------------------------------------------------------------------------
@@ -213,7 +359,7 @@ def live_command(args: argparse.Namespace) -> int:
         mic = args.mic
         sources.append(MicrophoneSource(int(mic) if mic and mic.isdigit() else mic,
                                         sample_rate=backend.info.features.sample_rate))
-    window = display_available() and not args.no_window
+    window = not args.no_window and display_available()  # --no-window never touches HighGUI
     view = None if window else TerminalView(Subscriber(publisher.bound[0]))
     print(f"avbind live: camera {args.camera}{'' if args.no_mic else ' + microphone'} -> {backend.info.name} on "
           f"{engine.backend_name}; publishing on {publisher.bound[0]}"
@@ -225,7 +371,13 @@ def live_command(args: argparse.Namespace) -> int:
         if window:
             overlay = OverlayView(stream)
             engine.listeners.append(overlay.on_message)
-            overlay.run(until=until)
+            engine.listeners.append(_print_source_problems)  # the terminal view would have shown them
+            try:
+                overlay.run(until=until)
+            except RuntimeError as err:  # the window process failed to open a window after all
+                print(f"avbind live: {err}; terminal view", file=sys.stderr)
+                view = TerminalView(Subscriber(publisher.bound[0]))
+                view.run(until=until, stop_when_ended=True)
         else:
             view.run(until=until, stop_when_ended=True)
     except KeyboardInterrupt:
@@ -235,10 +387,25 @@ def live_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_source_problems(message: dict[str, Any]) -> None:
+    """Engine listener of the window mode: source warnings and errors also go to stderr, not only the window."""
+    if message.get("type") == "status" and message.get("level") in ("warning", "error"):
+        print(f"avbind live: {message.get('stream')}: {message.get('message')}", file=sys.stderr, flush=True)
+
+
 # listen --------------------------------------------------------------------------------------
 def listen_command(args: argparse.Namespace) -> int:
+    """Print what a publisher sends; malformed messages are skipped and counted, never fatal.
+
+    Human lines end with the message's age so a viewer can tell a stale feed from a live one.
+    """
+    import zmq
+
     types = tuple(args.topic) if args.topic else ("segment", "event", "status")
-    subscriber = Subscriber(args.endpoint, stream=args.stream, types=types)
+    try:
+        subscriber = Subscriber(args.endpoint, stream=args.stream, types=types)
+    except (ValueError, zmq.ZMQError) as err:
+        sys.exit(f"avbind listen: cannot connect to {args.endpoint!r}: {err}")
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
     count = 0
     try:
@@ -248,6 +415,7 @@ def listen_command(args: argparse.Namespace) -> int:
                 continue
             if received.missed:
                 print(f"({received.missed} messages lost before this one)")
+            # json.dumps escapes control characters (ensure_ascii), format_message escapes them itself
             print(json.dumps(received.message) if args.json else format_message(received.message), flush=True)
             count += 1
             if args.count and count >= args.count:
@@ -256,18 +424,21 @@ def listen_command(args: argparse.Namespace) -> int:
         pass
     finally:
         subscriber.close()
+    if subscriber.malformed:
+        print(f"avbind listen: skipped {subscriber.malformed} malformed message(s)", file=sys.stderr)
     return 0
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run the synthetic audio-visual stream through the full engine (no hardware)")
-    demo.add_argument("--seconds", type=float, default=30.0, help="stream time to run before the summary")
-    demo.add_argument("--speed", type=float, default=1.0, help="play the synthetic stream this many times real time")
+    demo.add_argument("--seconds", type=_number(above=0), default=30.0, help="stream time to run before the summary")
+    demo.add_argument("--speed", type=_number(above=0), default=1.0,
+                      help="play the synthetic stream this many times real time")
     demo.add_argument("--seed", type=int, default=2026, help="seed of the synthetic stream")
     demo.add_argument("--publish", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to publish on")
     demo.add_argument("--json", type=Path, help="write the summary as JSON here")
     _add_engine_options(demo)
-    demo.set_defaults(func=demo_command)
+    demo.set_defaults(func=_check_engine_options(demo, demo_command))
 
     run = sub.add_parser("run", help="recognize files, cameras, microphones and network streams; publish over ZeroMQ")
     run.add_argument("--video", action="append", metavar="SRC",
@@ -275,14 +446,19 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--audio", action="append", metavar="SRC",
                      help="'mic', 'mic:DEVICE', a file or URL; pairs with the --video at the same position, "
                           "extra ones are audio-only streams (repeatable)")
-    run.add_argument("--name", action="append", help="stream names, in order (default stream0, stream1, ...)")
+    run.add_argument("--name", action="append", type=_stream_name,
+                     help="stream names, in order (default stream0, stream1, ...)")
     run.add_argument("--publish", action="append", default=None, metavar="ENDPOINT",
                      help=f"ZeroMQ endpoint(s) to bind (default {DEFAULT_ENDPOINT})")
-    run.add_argument("--speed", type=float, default=1.0, help="play files this many times real time")
-    run.add_argument("--seconds", type=float, help="stop after this long (default: when every stream ended)")
+    run.add_argument("--speed", type=_number(minimum=0, allow_inf=True), default=1.0,
+                     help="play files this many times real time (0 or inf: as fast as possible)")
+    run.add_argument("--seconds", type=_number(above=0), help="stop after this long (default: when every stream ended)")
     run.add_argument("--quiet", action="store_true", help="do not print predictions")
+    run.add_argument("--reconnect-for-s", type=_number(minimum=0, allow_inf=True), default=120.0, metavar="S",
+                     help="how long a network source that lost its stream keeps reconnecting before its stream "
+                          "ends (s; inf: forever; default 120)")
     _add_engine_options(run)
-    run.set_defaults(func=run_command)
+    run.set_defaults(func=_check_engine_options(run, run_command))
 
     live = sub.add_parser("live", help="webcam + microphone with an overlay window (terminal view without a display)")
     live.add_argument("--camera", default="0", help="camera index or device path")
@@ -290,18 +466,18 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     live.add_argument("--no-mic", action="store_true", help="video only")
     live.add_argument("--no-window", action="store_true", help="terminal view even with a display")
     live.add_argument("--publish", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to publish on")
-    live.add_argument("--seconds", type=float, help="stop after this long")
+    live.add_argument("--seconds", type=_number(above=0), help="stop after this long")
     _add_engine_options(live)
-    live.set_defaults(func=live_command)
+    live.set_defaults(func=_check_engine_options(live, live_command))
 
     listen = sub.add_parser("listen", help="print what an avbind engine publishes")
     listen.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to connect to")
-    listen.add_argument("--stream", help="only this stream")
+    listen.add_argument("--stream", type=_stream_name, help="only this stream")
     listen.add_argument("--topic", action="append", choices=("segment", "event", "status", "step"),
                         help="message types to show (repeatable; default segment, event, status)")
     listen.add_argument("--json", action="store_true", help="print raw JSON messages")
-    listen.add_argument("--seconds", type=float, help="stop after this long")
-    listen.add_argument("--count", type=int, help="stop after this many messages")
+    listen.add_argument("--seconds", type=_number(above=0), help="stop after this long")
+    listen.add_argument("--count", type=_number(minimum=1, integer=True), help="stop after this many messages")
     listen.set_defaults(func=listen_command)
 
 

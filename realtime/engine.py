@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from avbind.realtime.backends.base import Backend
+from avbind.realtime.publish.messages import check_stream_name
 from avbind.realtime.publish.publisher import Publisher
 from avbind.realtime.scheduler.batching import run_batch
 from avbind.realtime.scheduler.stream import Stream, StreamSettings
@@ -81,6 +82,7 @@ class Engine:
     # Streams -------------------------------------------------------------------------------
     def add_stream(self, name: str, sources: list[Source], settings: StreamSettings | None = None) -> Stream:
         """Start ``sources`` as stream ``name``; safe while the engine runs."""
+        check_stream_name(name)  # the name is part of every topic: refuse it here, not at the first publish
         with self._lock:
             if name in self._streams:
                 raise ValueError(f"stream {name!r} already exists")
@@ -159,7 +161,7 @@ class Engine:
         """Apply what the stream's sources reported and return its due step input, if any."""
         try:
             for level, message in stream.service():
-                state = "error" if level == "error" else "running"
+                state = "reconnecting" if stream.reconnecting else "error" if level == "error" else "running"
                 self._emit(stream, "status", self._status(stream, state, level, message), now)
             for kind, payload, capture in stream.take_flushed():
                 self._emit(stream, kind, payload, capture)
@@ -246,6 +248,9 @@ class Engine:
             degraded = stream.aligner.degraded_steps > beat.degraded
             state = "degraded" if degraded else "running"
             message = "" if state == "running" else "audio arrived late: steps ran with partial audio"
+            if stream.reconnecting:  # a source is down: say so every heartbeat, not "running"
+                down = [s.name for s in stream.sources if id(s) in stream.reconnecting]
+                state, message = "reconnecting", f"waiting for {', '.join(down)} to come back"
             self._emit(stream, "status", self._status(stream, state, "info" if state == "running" else "warning",
                                                       message), now)
             beat.last, beat.frames, beat.steps = now, stream.aligner.frames.received, stream.counters.steps

@@ -61,3 +61,19 @@ def free_port(udp: bool = False) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def avbind_exe() -> str:
+    """The ``avbind`` console script of the running interpreter's environment, else the one on PATH.
+
+    A virtual environment's scripts are next to its python, and tests run with that python need not
+    have the environment's ``bin`` on PATH.
+    """
+    import shutil
+    import sys
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / "avbind"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("avbind") or "avbind"

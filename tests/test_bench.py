@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from avbind_testing import calibrated_model  # noqa: E402
+from avbind_testing import avbind_exe, calibrated_model  # noqa: E402
 
 from avbind.export.onnx import export_model  # noqa: E402
 from avbind.models.checkpoint import save_checkpoint  # noqa: E402
@@ -44,7 +44,7 @@ def test_bench_reports_backends_and_baselines(small_model: tuple[Path, Path]) ->
 def test_bench_command_writes_json(small_model: tuple[Path, Path], tmp_path: Path) -> None:
     onnx_path, _ = small_model
     out = tmp_path / "bench.json"
-    subprocess.run(["avbind", "bench", "--model", str(onnx_path), "--no-torch", "--batch", "1", "--steps", "5",
+    subprocess.run([avbind_exe(), "bench", "--model", str(onnx_path), "--no-torch", "--batch", "1", "--steps", "5",
                     "--out", str(out)], check=True, capture_output=True, timeout=300)
     report = json.loads(out.read_text())
     assert report["model_name"] == "avbind-xs" and "onnxruntime fp32" in report["results"]

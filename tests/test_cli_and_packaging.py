@@ -11,13 +11,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from avbind_testing import avbind_exe
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL = ("realtime", "models", "export")
 
 
-def _avbind(*args: str, env: dict | None = None, exe: str = "avbind") -> subprocess.CompletedProcess:
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=300, env=env)
+def _avbind(*args: str, env: dict | None = None, exe: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([exe or avbind_exe(), *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_help_lists_every_subcommand_and_each_runs() -> None:
@@ -40,7 +41,7 @@ def test_models_lists_each_configuration() -> None:
     for name in CONFIGS:
         assert name in result.stdout
     assert "avbind-s*" in result.stdout  # the default is marked
-    rows = json.loads(_avbind("models", "--json").stdout)
+    rows = json.loads(_avbind("models", "--cost", "--json").stdout)
     assert [r["name"] for r in rows] == list(CONFIGS)
     for row in rows:
         assert row["parameters"] > 100_000 and row["macs_per_step"] > 1_000_000
@@ -61,8 +62,9 @@ for info in pkgutil.walk_packages(avbind.realtime.__path__, "avbind.realtime."):
     importlib.import_module(info.name)
 import avbind.models.config
 from avbind.realtime.cli import cli
+cli(["models"])  # listing needs no torch ...
 try:
-    cli(["models"])
+    cli(["models", "--cost"])  # ... counting the cost does
 except SystemExit as exit:
     print("EXIT", exit.code)
 """
@@ -71,8 +73,9 @@ except SystemExit as exit:
 def test_realtime_core_runs_without_torch() -> None:
     result = subprocess.run([sys.executable, "-c", _NO_TORCH], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    # The torch-backed command says what to install instead of failing with a traceback.
-    assert "EXIT avbind models needs PyTorch" in result.stdout
+    assert "avbind-s*" in result.stdout  # the configurations listed without torch
+    # The torch-backed option says what to install instead of failing with a traceback.
+    assert "EXIT avbind models --cost needs PyTorch" in result.stdout
 
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:

@@ -12,6 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from avbind_testing import avbind_exe  # noqa: E402
+
 from avbind.models.checkpoint import load_checkpoint, load_model  # noqa: E402
 from avbind.models.config import TrainConfig  # noqa: E402
 from avbind.models.data.avsynth import SIZES, write_dataset  # noqa: E402
@@ -110,14 +112,14 @@ def test_agreement_counts_matching_segments() -> None:
 @pytest.mark.slow
 def test_train_eval_export_commands(tiny_set: Path, tmp_path: Path) -> None:
     run = tmp_path / "cli-run"
-    subprocess.run(["avbind", "train", "--data", str(tiny_set), "--out", str(run), "--config", "avbind-xs",
+    subprocess.run([avbind_exe(), "train", "--data", str(tiny_set), "--out", str(run), "--config", "avbind-xs",
                     "--epochs", "1", "--crop-steps", "10", "--crops-per-video", "1", "--batch-size", "2"],
                    check=True, capture_output=True, timeout=600)
     assert (run / "model.pt").is_file()
-    evaluated = subprocess.run(["avbind", "eval", "--checkpoint", str(run / "model.pt"), "--data", str(tiny_set),
+    evaluated = subprocess.run([avbind_exe(), "eval", "--checkpoint", str(run / "model.pt"), "--data", str(tiny_set),
                                 "--no-streaming"], check=True, capture_output=True, text=True, timeout=600)
     assert "fusion" in evaluated.stdout and "video only" in evaluated.stdout
-    exported = subprocess.run(["avbind", "export", "--checkpoint", str(run / "model.pt"), "--out",
+    exported = subprocess.run([avbind_exe(), "export", "--checkpoint", str(run / "model.pt"), "--out",
                                str(tmp_path / "m.onnx")], check=True, capture_output=True, text=True, timeout=600)
     assert "ONNX:" in exported.stdout
     from avbind.realtime.backends import read_model_info

@@ -60,6 +60,19 @@ class FrameBuffer:
                 chosen = frame
             return chosen
 
+    def ready_capture(self, t: float) -> float | None:
+        """When the step at ``t`` became servable: the capture of the first frame at or after ``t``.
+
+        A step is late by how long it waited since its input was complete, not by the age of the
+        frame it shows: at 1 frame/s the frame a step takes may be a second old the moment the
+        step can first run, and nothing lagged.
+        """
+        with self._lock:
+            for frame in self._frames:
+                if frame.time >= t - EPSILON_S:
+                    return frame.capture
+            return None
+
     def frame_at(self, t: float) -> VideoFrame | None:
         """The latest frame shown at or before ``t`` (the first one if all are later), and forget
         the frames before it; None when empty."""

@@ -13,6 +13,7 @@ around a single threshold from flickering events on and off.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,10 +28,14 @@ class DetectorSettings:
     merge_gap_s: float = 0.4  # s: dips below ``off`` at most this long do not end an event
 
     def __post_init__(self) -> None:
-        if not 0 <= self.off <= self.on <= 1:
-            raise ValueError(f"detector thresholds need 0 <= off <= on <= 1, got off={self.off}, on={self.on}")
-        if self.min_duration_s < 0 or self.merge_gap_s < 0:
-            raise ValueError("min_duration_s and merge_gap_s must be >= 0")
+        # Checked here, not only in the CLI, so a library user's typo fails at construction with the
+        # offending value instead of as a silent detector that never (or always) fires.
+        if not 0 < self.off <= self.on <= 1:  # False for nan too
+            raise ValueError(f"detector thresholds need 0 < off <= on <= 1, got off={self.off}, on={self.on}")
+        for name in ("min_duration_s", "merge_gap_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ data and a test can drive post-processing with plain arrays.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,13 @@ class OutputSettings:
     segment_s: float = 1.0  # s per published segment prediction (AVE: 1 s)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     publish_steps: bool = False  # the per-step topic is off by default: 5 messages/s per stream
+
+    def __post_init__(self) -> None:
+        # A zero, negative or nan segment length would divide by zero deep inside the aggregator.
+        if not (math.isfinite(self.segment_s) and self.segment_s > 0):
+            raise ValueError(f"segment_s must be a finite number > 0, got {self.segment_s}")
+        if not isinstance(self.detector, DetectorSettings):
+            raise ValueError(f"detector must be DetectorSettings, got {type(self.detector).__name__}")
 
 
 Message = tuple[str, dict[str, Any], float]  # (type, payload, monotonic capture time)

@@ -26,11 +26,38 @@ def schema() -> dict:
     return json.loads(files("avbind.realtime.publish").joinpath("message_schema.json").read_text())
 
 
+MAX_STREAM_NAME = 64  # characters; names go into every topic and every printed line
+
+
+def check_stream_name(stream: str) -> str:
+    """Return ``stream`` if it can be a topic segment, else raise ValueError saying why.
+
+    The name becomes ``avbind/<stream>/<type>``: a ``/`` would break prefix filtering, and control
+    characters or text that is not UTF-8 would end up raw in subscribers' terminals and topics.
+    Called by the CLI at parse time and by :func:`topic`, so a bad name fails before anything starts.
+    """
+    if not isinstance(stream, str):
+        raise ValueError(f"stream names must be strings, got {type(stream).__name__}")
+    if not stream.strip():
+        raise ValueError(f"stream names must be non-empty and not only whitespace, got {stream!r}")
+    if len(stream) > MAX_STREAM_NAME:
+        raise ValueError(f"stream names must be at most {MAX_STREAM_NAME} characters, got {len(stream)}")
+    if "/" in stream:
+        raise ValueError(f"stream names must contain no '/', got {stream!r}")
+    if not stream.isprintable():
+        raise ValueError(f"stream names must contain no control or other unprintable characters, got {stream!r}")
+    try:
+        stream.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"stream names must be valid UTF-8, got {stream!r}") from None
+    return stream
+
+
 def topic(stream: str, kind: str) -> str:
+    """The ZeroMQ topic of a message; raises ValueError for unknown types and unusable stream names."""
     if kind not in TYPES:
         raise ValueError(f"message type must be one of {TYPES}, got {kind!r}")
-    if not stream or "/" in stream:
-        raise ValueError(f"stream names must be non-empty and contain no '/', got {stream!r}")
+    check_stream_name(stream)
     return f"avbind/{stream}/{kind}"
 
 

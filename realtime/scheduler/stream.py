@@ -35,6 +35,15 @@ class StreamSettings:
     max_lag_s: float = 0.5  # s: a step whose frame is older than this is skipped if a newer step is ready
     outputs: OutputSettings = field(default_factory=OutputSettings)
 
+    def __post_init__(self) -> None:
+        # nan compares false with everything, so it would disable both checks silently; reject it here.
+        if not (math.isfinite(self.audio_wait_s) and self.audio_wait_s >= 0):
+            raise ValueError(f"audio_wait_s must be a finite number >= 0, got {self.audio_wait_s}")
+        if not (math.isfinite(self.max_lag_s) and self.max_lag_s > 0):
+            raise ValueError(f"max_lag_s must be a finite number > 0, got {self.max_lag_s}")
+        if not isinstance(self.outputs, OutputSettings):
+            raise ValueError(f"outputs must be OutputSettings, got {type(self.outputs).__name__}")
+
 
 @dataclass
 class StreamCounters:
@@ -51,11 +60,13 @@ class _SourceSink:
         self.stream, self.source = stream, source
 
     def on_video(self, frame: VideoFrame) -> None:
+        self.stream.reconnecting.discard(id(self.source))  # data again: whatever was lost is back
         self.stream.aligner.add_frame(frame)
         self.stream.wake.set()
 
     def on_audio(self, chunk: AudioChunk) -> None:
         stream = self.stream
+        stream.reconnecting.discard(id(self.source))
         try:
             stream.aligner.add_audio(chunk)
         except TimestampJump as jump:
@@ -89,6 +100,7 @@ class Stream:
         self.video_sources = [s for s in sources if s.has_video]
         self.audio_sources = [s for s in sources if s.has_audio]
         self._ended: set[int] = set()  # ids of sources that reported ended
+        self.reconnecting: set[int] = set()  # ids of sources that lost their input and are trying again
         self._lock = threading.Lock()
         self._pending: collections.deque[tuple[str, str, bool]] = collections.deque()  # (level, message, reset)
         self._reset_after: float | None = None
@@ -119,6 +131,10 @@ class Stream:
         with self._lock:
             if status.ended:
                 self._ended.add(id(source))
+            if status.reconnecting and not status.ended:
+                self.reconnecting.add(id(source))
+            else:
+                self.reconnecting.discard(id(source))
             if status.level == "error":
                 self.counters.source_errors += 1
             self._pending.append((status.level, status.message, status.discontinuity))
@@ -201,8 +217,12 @@ class Stream:
                 return None  # an audio-driven step: wait for its window
             frame = aligner.frames.peek_at(t) if use_video else None
             capture = frame.capture if frame is not None else now
-            # Skip a stale step when a newer one is already servable: bounded latency, no backlog.
-            if now - capture > self.settings.max_lag_s and latest is not None and latest >= t + 1 / self.rate:
+            # Skip a step that has waited too long since its input was complete, when a newer one is
+            # already servable: bounded latency, no backlog. (Waiting counts from the frame that made
+            # the step servable, not from the older frame it shows: a 1 frame/s file never lags.)
+            ready = aligner.frames.ready_capture(t) if use_video else None
+            waited = now - (capture if ready is None else ready)
+            if waited > self.settings.max_lag_s and latest is not None and latest >= t + 1 / self.rate:
                 self.cursor += 1
                 self.counters.steps_skipped += 1
                 continue

@@ -45,6 +45,7 @@ class SourceStatus:
     message: str  # one line for people: names the source and the problem
     discontinuity: bool = False  # the timeline jumped (reconnect, seek, lost data): reset model state
     ended: bool = False  # the source will deliver nothing more (end of file, gave up reconnecting)
+    reconnecting: bool = False  # the source lost its input and is trying to get it back
 
 
 class SourceSink(Protocol):

@@ -32,6 +32,20 @@ class DecodedMedia:
         return max(float(video_end), self.audio_start + len(self.audio) / self.sample_rate)
 
 
+def media_origin(streams: list) -> float:
+    """The presentation time that is time 0 of a file: where its video starts (else its earliest stream).
+
+    MPEG-TS files start their clocks anywhere (1.4 s is common); counted from the raw timestamps,
+    every segment would straddle two seconds of content. The realtime file source uses the same
+    origin, so a file is cut identically live and offline, whatever its container.
+    """
+    starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
+    video = streams[0] if streams and streams[0].type == "video" and streams[0].start_time is not None else None
+    if video is not None:
+        return float(video.start_time * video.time_base)
+    return min(starts) if starts else 0.0
+
+
 def decode_media(
     path: str | Path, sample_rate: int = 16_000,
     frame_transform: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -54,16 +68,17 @@ def decode_media(
         if not container.streams.video:
             raise MediaError(f"{path}: no video stream")
         streams = [container.streams.video[0], *container.streams.audio[:1]]
+        origin = media_origin(streams)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         try:
             for frame in container.decode(*streams):
                 if isinstance(frame, av.VideoFrame):
                     rgb = frame.to_ndarray(format="rgb24")
                     frames.append(frame_transform(rgb) if frame_transform else rgb)
-                    times.append(float(frame.time))
+                    times.append(float(frame.time) - origin)
                 else:
                     if audio_start is None and frame.time is not None:
-                        audio_start = float(frame.time)
+                        audio_start = float(frame.time) - origin
                     chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(frame)]
             chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
         except av.error.FFmpegError as err:

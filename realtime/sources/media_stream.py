@@ -20,9 +20,11 @@ Timeline (``time``, seconds):
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,10 @@ CLOCK_JUMP_BACK_S = 1.0  # s; a sender clock this far backwards means the sender
 CLOCK_JUMP_AHEAD_S = 10.0  # s; ... or this far forwards
 STOP_WAIT_S = 2.0  # s; longest stop() waits for the thread
 WARNING_INTERVAL_S = 1.0  # s; at most one decode warning per interval, the rest only counted
+# A paced file is delivered in presentation order, not packet order: decoded data is held until
+# every stream has been decoded up to it. These bound how far ahead the demuxer may read.
+DEMUX_AHEAD_S = 10.0  # s of media held at most (a file's streams interleaved further apart play degraded)
+DEMUX_AHEAD_BYTES = 256 << 20  # bytes of decoded frames held at most (4000x3000 RGB is 36 MB a frame)
 
 
 # ``scheme://user:password@host``: the userinfo part of a URL, which carries camera passwords.
@@ -67,10 +73,35 @@ def redact_credentials(text: str) -> str:
     return SECRET_OPTION.sub(r"\g<key>***", URL_USERINFO.sub(hide, text))
 
 
+# Open errors that no retry can fix: an unknown protocol (a typo in the scheme, an FFmpeg built
+# without it), an option FFmpeg does not know, a refused or missing login.
+PERMANENT_ERRORS = (av.error.ProtocolNotFoundError, av.error.OptionNotFoundError, av.error.PermissionError)
+
+
 def is_network_url(url: str) -> bool:
     """``scheme://...`` other than ``file://``: something that can vanish and come back."""
     match = URL_SCHEME.match(url)
     return bool(match) and match.group("scheme").lower() != "file"
+
+
+def not_regular_file(path: str) -> str | None:
+    """Why a local path is no media file FFmpeg can open without blocking, or None (a regular file,
+    a URL, or a missing path, which the source reports as such).
+
+    A FIFO blocks ``av.open`` until a writer appears and a directory or device is never a media file.
+    """
+    if URL_SCHEME.match(path):
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "not a file")
+    return f"not a regular file: is {kind}"
 
 
 def _describe(err: BaseException) -> str:
@@ -97,13 +128,20 @@ class _Connection:
     resampler: av.AudioResampler | None = None
     delivered: bool = False
     stats: dict[str, int] = field(default_factory=dict)
+    # Paced files: decoded data waiting for its presentation time, as a heap of
+    # (time, order, kind, payload), and how far each stream ("video", "audio") has been decoded.
+    held: list = field(default_factory=list)
+    heads: dict[str, float] = field(default_factory=dict)
+    held_bytes: int = 0
+    held_count: int = 0
 
 
 class MediaStreamSource(Source):
     """A media file or network stream through PyAV.
 
     ``reconnect`` defaults to True for network URLs and False for files; ``max_reconnects`` bounds
-    the consecutive failed attempts (None: forever); waits between attempts start at ``backoff_s``
+    the consecutive failed attempts (None: forever) and ``give_up_s``, when given, bounds instead
+    the seconds spent trying since the stream was lost (inf: forever); waits between attempts start at ``backoff_s``
     and double up to ``max_backoff_s``. ``options`` go to FFmpeg (format and protocol options, e.g.
     ``{"rtsp_transport": "udp"}``). ``open_timeout_s`` and ``read_timeout_s`` bound every blocking
     call, so a dead sender becomes a status within ``read_timeout_s`` and ``stop()`` returns within
@@ -123,6 +161,7 @@ class MediaStreamSource(Source):
         read_timeout_s: float = 2.0,
         reconnect: bool | None = None,
         max_reconnects: int | None = 10,
+        give_up_s: float | None = None,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
         options: dict[str, str] | None = None,
@@ -139,6 +178,9 @@ class MediaStreamSource(Source):
         self.open_timeout_s, self.read_timeout_s = float(open_timeout_s), float(read_timeout_s)
         self.reconnect = self.is_network if reconnect is None else bool(reconnect)
         self.max_reconnects = max_reconnects
+        if give_up_s is not None and not give_up_s >= 0:
+            raise ValueError(f"give_up_s must be >= 0 (inf: never give up), got {give_up_s}")
+        self.give_up_s = give_up_s
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
         scheme = URL_SCHEME.match(self.url)
         self.options = {**PROTOCOL_OPTIONS.get(scheme.group("scheme").lower() if scheme else "", {}), **(options or {})}
@@ -151,6 +193,8 @@ class MediaStreamSource(Source):
         self._suppressed = 0  # decode warnings counted but not sent since then
 
     def _probe_file(self) -> None:
+        if not_regular_file(self.url) is not None:
+            return  # av.open on a FIFO blocks until a writer comes: never in the caller's thread
         try:
             with av.open(self.url, timeout=(self.open_timeout_s, self.read_timeout_s)) as container:
                 self.has_video = bool(container.streams.video)
@@ -163,6 +207,7 @@ class MediaStreamSource(Source):
     def _serve(self, sink: SourceSink, origin: float) -> None:
         failures = 0  # consecutive attempts that delivered nothing
         delay = self.backoff_s
+        lost_at = time.monotonic()  # when the stream was last lost (or first asked for)
         delivered_ever = False
         while not self.stopped:
             problem, level = None, "error"
@@ -171,7 +216,7 @@ class MediaStreamSource(Source):
             # the best available arrival time of the data it returns.
             opened_at = time.monotonic()
             if not URL_SCHEME.match(self.url) and not Path(self.url).is_file():
-                problem = "no such media file"
+                problem = not_regular_file(self.url) or "no such media file"
             else:
                 try:
                     container = av.open(
@@ -179,6 +224,9 @@ class MediaStreamSource(Source):
                     )
                 except av.error.ExitError:  # the interrupt callback: the open timeout ran out
                     problem = f"cannot open (no stream within {self.open_timeout_s:g} s)"
+                except PERMANENT_ERRORS as err:  # retrying cannot help: say so at once and end
+                    sink.on_status(SourceStatus("error", f"{self.name}: cannot open ({_describe(err)})", ended=True))
+                    return
                 except Exception as err:  # FFmpeg, OS and option errors alike: a status, never a crash
                     problem = f"cannot open ({_describe(err)})"
             if self.stopped:
@@ -200,23 +248,33 @@ class MediaStreamSource(Source):
                     return
                 if conn.delivered:
                     delivered_ever, failures, delay = True, 0, self.backoff_s
+                    lost_at = time.monotonic()
                 if problem is None:
-                    if not self.reconnect:
-                        sink.on_status(SourceStatus("info", f"{self.name}: end of stream", ended=True))
-                        return
-                    problem = "stream ended"
+                    # A clean end is the end, for a network stream too: a finite RTSP or HTTP
+                    # source would otherwise be replayed from the start by its server forever.
+                    # (A vanished sender is a read timeout or error, not a clean end.)
+                    sink.on_status(SourceStatus("info", f"{self.name}: end of stream", ended=True))
+                    return
                 level = "warning" if conn.delivered else "error"
             if not self.reconnect:
                 sink.on_status(SourceStatus("error", f"{self.name}: {problem}", ended=True))
                 return
             failures += 1
-            if self.max_reconnects is not None and failures > self.max_reconnects:
+            if self.give_up_s is not None:
+                down = time.monotonic() - lost_at
+                if down + delay > self.give_up_s:
+                    message = f"{self.name}: {problem}; giving up after {down:.0f} s of reconnect attempts"
+                    sink.on_status(SourceStatus("error", message, ended=True))
+                    return
+                of = ""
+            elif self.max_reconnects is not None and failures > self.max_reconnects:
                 message = f"{self.name}: {problem}; giving up after {self.max_reconnects} reconnect attempts"
                 sink.on_status(SourceStatus("error", message, ended=True))
                 return
-            of = f" of {self.max_reconnects}" if self.max_reconnects is not None else ""
+            else:
+                of = f" of {self.max_reconnects}" if self.max_reconnects is not None else ""
             retry = f"reconnect attempt {failures}{of} in {delay:g} s"
-            sink.on_status(SourceStatus(level, f"{self.name}: {problem}; {retry}"))
+            sink.on_status(SourceStatus(level, f"{self.name}: {problem}; {retry}", reconnecting=True))
             if self._stop.wait(delay):
                 return
             delay = min(2 * delay, self.max_backoff_s)
@@ -231,6 +289,7 @@ class MediaStreamSource(Source):
             return "no audio or video stream"
         self.has_video, self.has_audio = video is not None, audio is not None
         streams = [s for s in (video, audio) if s is not None]
+        conn.heads = {kind: -math.inf for kind, s in (("video", video), ("audio", audio)) if s is not None}
         # The base is the video's start when there is video, so frames fall on the step grid as in a
         # file (audio that starts earlier, e.g. AAC priming, gets slightly negative times).
         starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
@@ -254,19 +313,22 @@ class MediaStreamSource(Source):
                         return None
         except av.error.ExitError:  # the interrupt callback: no data within the read timeout
             self._flush_audio(conn, sink, origin)
+            self._release(conn, sink, origin, final=True)
             return f"no data for {self.read_timeout_s:g} s (read timeout)"
         except (av.error.FFmpegError, OSError) as err:
             self._flush_audio(conn, sink, origin)
+            self._release(conn, sink, origin, final=True)
             return f"read error ({_describe(err)})"
         self._flush_audio(conn, sink, origin)
+        self._release(conn, sink, origin, final=True)
         return None
 
     # -- timeline -------------------------------------------------------------------------------
 
     def _stream_time(self, pts: float, conn: _Connection, origin: float) -> float:
         """Stream time of a raw PTS (seconds) on this connection."""
-        if not self.is_network:
-            return pts
+        if not self.is_network:  # a file: its own clock, counted from where its video starts
+            return pts - (conn.start_hint or 0.0)
         if conn.base is None:
             hint = conn.start_hint
             conn.base = hint if hint is not None and abs(pts - hint) < CLOCK_JUMP_AHEAD_S else pts
@@ -306,11 +368,53 @@ class MediaStreamSource(Source):
         conn.last_video_pts = pts
         t = self._stream_time(pts, conn, origin)
         rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
-        capture = self._due(t, origin)
-        if capture is None:
+        self._hold(conn, sink, origin, "video", t, t, rgb)
+
+    # -- presentation order ---------------------------------------------------------------------
+
+    def _hold(self, conn: _Connection, sink: SourceSink, origin: float, kind: str, t: float, end: float,
+              data: np.ndarray) -> None:
+        """Deliver decoded data, or, for a paced file, keep it until its turn in presentation order.
+
+        A file's packets may be interleaved far from their presentation time (audio a second
+        behind its video, a decoder that outputs a frame only after the next ones): pacing in
+        packet order would deliver one modality late and every step would run degraded.
+        """
+        if not self.paced:
+            self._deliver(conn, sink, kind, t, data, time.monotonic())
             return
-        sink.on_video(VideoFrame(rgb=rgb, time=t, capture=capture))
-        self.counters.frames += 1
+        heapq.heappush(conn.held, (t, conn.held_count, kind, data))
+        conn.held_count += 1
+        conn.held_bytes += data.nbytes
+        conn.heads[kind] = max(conn.heads.get(kind, -math.inf), end)
+        self._release(conn, sink, origin)
+
+    def _release(self, conn: _Connection, sink: SourceSink, origin: float, final: bool = False) -> None:
+        """Deliver, at its time, what every stream has been decoded up to (everything when ``final``)."""
+        while conn.held and not self.stopped:
+            t = conn.held[0][0]
+            newest = max(conn.heads.values(), default=t)
+            ready = (final or t <= min(conn.heads.values(), default=t) or newest - t > DEMUX_AHEAD_S
+                     or conn.held_bytes > DEMUX_AHEAD_BYTES)
+            if not ready:
+                return
+            _, _, kind, data = heapq.heappop(conn.held)
+            conn.held_bytes -= data.nbytes
+            capture = self._due(t, origin)
+            if capture is None:
+                return
+            self._deliver(conn, sink, kind, t, data, capture)
+        if self.stopped:
+            conn.held.clear()
+
+    def _deliver(self, conn: _Connection, sink: SourceSink, kind: str, t: float, data: np.ndarray,
+                 capture: float) -> None:
+        if kind == "video":
+            sink.on_video(VideoFrame(rgb=data, time=t, capture=capture))
+            self.counters.frames += 1
+        else:
+            sink.on_audio(AudioChunk(samples=data, time=t, capture=capture))
+            self.counters.audio_samples += len(data)
         self._last_time = max(self._last_time, t)
         conn.delivered = True
 
@@ -356,13 +460,7 @@ class MediaStreamSource(Source):
                 continue
             t = conn.audio_start + conn.audio_emitted / self.sample_rate
             conn.audio_emitted += len(samples)
-            capture = self._due(t, origin)
-            if capture is None:
-                return
-            sink.on_audio(AudioChunk(samples=samples, time=t, capture=capture))
-            self.counters.audio_samples += len(samples)
-            self._last_time = max(self._last_time, t)
-            conn.delivered = True
+            self._hold(conn, sink, origin, "audio", t, t + len(samples) / self.sample_rate, samples)
 
     def _decode_warning(self, sink: SourceSink, problem: str) -> None:
         """Count every survived error; report at most one per interval so a broken stream cannot flood the sink."""

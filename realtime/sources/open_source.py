@@ -13,7 +13,8 @@ import re
 from avbind.realtime.sources.base import Source
 
 
-def open_source(spec: str, sample_rate: int = 16_000, speed: float = 1.0) -> Source:
+def open_source(spec: str, sample_rate: int = 16_000, speed: float = 1.0, reconnect_for_s: float | None = None
+                ) -> Source:
     spec = spec.strip()
     if not spec:
         raise ValueError("empty source: give a file, URL, camera index, 'mic' or 'synthetic'")
@@ -31,9 +32,12 @@ def open_source(spec: str, sample_rate: int = 16_000, speed: float = 1.0) -> Sou
 
         seed = spec.partition(":")[2]
         return SyntheticSource(seed=int(seed) if seed else 2026, speed=speed)
-    from avbind.realtime.sources.media_stream import MediaStreamSource
+    from avbind.realtime.sources.media_stream import MediaStreamSource, not_regular_file
 
-    return MediaStreamSource(spec, sample_rate=sample_rate, speed=speed)
+    # Refuse now, in one line, what would block the caller (a FIFO) or can never play (a directory).
+    if (problem := not_regular_file(spec)) is not None:
+        raise ValueError(f"{_shown(spec)}: {problem}")
+    return MediaStreamSource(spec, sample_rate=sample_rate, speed=speed, give_up_s=reconnect_for_s)
 
 
 class _FilteringSink:
@@ -70,20 +74,30 @@ class ModalitySelection(Source):
         self.source.stop()
 
 
-def stream_sources(video: str | None, audio: str | None, sample_rate: int = 16_000, speed: float = 1.0) -> list[Source]:
+def _shown(spec: str) -> str:
+    """A source as it may be printed: without the password of its URL."""
+    from avbind.realtime.sources.media_stream import redact_credentials
+
+    return redact_credentials(spec)
+
+
+def stream_sources(
+    video: str | None, audio: str | None, sample_rate: int = 16_000, speed: float = 1.0,
+    reconnect_for_s: float | None = None,
+) -> list[Source]:
     """The sources of one stream: a video spec, an audio spec, or both (a media spec given for video
     contributes its own audio unless a separate audio source is named)."""
     if video is None and audio is None:
         raise ValueError("a stream needs --video, --audio or both")
     sources: list[Source] = []
     if video is not None:
-        source = open_source(video, sample_rate, speed)
+        source = open_source(video, sample_rate, speed, reconnect_for_s)
         if not source.has_video:
-            raise ValueError(f"--video {video}: this source has no video")
+            raise ValueError(f"--video {_shown(video)}: this source has no video")
         sources.append(ModalitySelection(source, video=True, audio=audio is None) if audio else source)
     if audio is not None:
-        source = open_source(audio, sample_rate, speed)
+        source = open_source(audio, sample_rate, speed, reconnect_for_s)
         if not source.has_audio:
-            raise ValueError(f"--audio {audio}: this source has no audio")
+            raise ValueError(f"--audio {_shown(audio)}: this source has no audio")
         sources.append(ModalitySelection(source, video=False, audio=True) if source.has_video else source)
     return sources

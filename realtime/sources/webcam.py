@@ -9,6 +9,7 @@ decodes it: use ``MediaStreamSource`` for paced files with audio).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -17,6 +18,16 @@ import cv2
 from avbind.realtime.sources.base import Source, SourceSink, SourceStatus, VideoFrame
 
 MS_PER_S = 1000
+
+
+def _silence_opencv_log() -> None:
+    """Quiet OpenCV's own log ("[ WARN:0@...] global cap_v4l.cpp ... can't open camera by index").
+
+    Those lines bury this source's status message, which says the same thing and what happens next.
+    Set when a camera opens, not at import, so merely importing the module changes nothing.
+    """
+    with contextlib.suppress(AttributeError):  # an OpenCV build without the utils.logging binding
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 class WebcamSource(Source):
@@ -54,6 +65,7 @@ class WebcamSource(Source):
         self.is_file = isinstance(device, str) and os.path.isfile(device)
 
     def _open(self) -> cv2.VideoCapture | None:
+        _silence_opencv_log()
         if isinstance(self.device, int):
             capture = cv2.VideoCapture(self.device)
         else:  # files and URLs go through OpenCV's FFmpeg backend, which honours timeouts

@@ -1,13 +1,20 @@
 """The OpenCV window of ``avbind live``: the camera picture with what the engine thinks of it.
 
 Drawn from the engine's own state (the newest frame, the last step's scores, the audio ring) and
-its messages (event boundaries), in the main thread, as OpenCV's HighGUI requires.
+its messages (event boundaries and source status). The picture is rendered here, but shown by a child
+Python process that imports only OpenCV: with PyAV imported first (it is, by the media sources),
+``cv2.namedWindow`` spins forever, because both wheels bundle X libraries under the same sonames
+(``libxcb-shm``, ``libxcb-shape``, ``libxcb-xfixes``, ``libXau``) and PyAV's copies, linked against
+PyAV's own ``libxcb``, get bound into OpenCV's Qt (PyAV issues 978 and 1050). A process that never
+imports ``av`` does not have the clash, whatever the import order here.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -25,16 +32,165 @@ PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114
            (204, 121, 167), (120, 120, 120), (255, 255, 255), (150, 60, 190)]  # BGR-agnostic, distinct
 
 
-def display_available() -> bool:
-    """Whether a window can be opened: a display server, and an OpenCV built with HighGUI."""
+PROBE_TIMEOUT_S = 15.0  # s: a child that cannot open a probe window by then means no usable display
+
+# The window process: imports only cv2 (never av), reads frames from stdin, reports on stdout.
+# Protocol in: 8-byte header (height, width as little-endian uint32) then height*width*3 BGR bytes;
+# EOF closes. Out: "ready", then "closed" when the user closed the window or pressed q / Esc.
+_WINDOW_CHILD = r"""
+import os, signal, sys, threading
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and closes our stdin
+import cv2, numpy as np
+title = sys.argv[1]
+probe = len(sys.argv) > 2 and sys.argv[2] == "probe"
+cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE)
+if probe:
+    cv2.destroyWindow(title)
+    print("ready", flush=True)
+    sys.exit(0)
+print("ready", flush=True)
+latest = [None]
+done = threading.Event()
+def reader():
+    stream = sys.stdin.buffer
+    while True:
+        head = stream.read(8)
+        if len(head) < 8:
+            break
+        h, w = int.from_bytes(head[:4], "little"), int.from_bytes(head[4:], "little")
+        body = stream.read(h * w * 3)
+        if len(body) < h * w * 3:
+            break
+        latest[0] = np.frombuffer(body, np.uint8).reshape(h, w, 3)
+    done.set()
+threading.Thread(target=reader, daemon=True).start()
+shown = False
+while not done.is_set():
+    image, latest[0] = latest[0], None
+    if image is not None:
+        cv2.imshow(title, image)
+        shown = True
+    key = cv2.waitKey(20) & 0xFF
+    if key in (ord("q"), 27):
+        break
+    if shown:
+        try:
+            if cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) < 1:
+                break
+        except cv2.error:
+            break
+if not done.is_set():
+    print("closed", flush=True)
+cv2.destroyAllWindows()
+"""
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    return env
+
+
+def display_available(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a window can be opened: a display server, and an OpenCV built with HighGUI.
+
+    Probed in a child process with a timeout, never here: a HighGUI call in a process that imported
+    PyAV can hang for good (see the module docstring), and a missing display must not cost a freeze.
+    """
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False
     try:
-        cv2.namedWindow("avbind-probe", cv2.WINDOW_AUTOSIZE)
-        cv2.destroyWindow("avbind-probe")
-    except cv2.error:
+        done = subprocess.run([sys.executable, "-c", _WINDOW_CHILD, "avbind-probe", "probe"], capture_output=True,
+                              text=True, timeout=timeout_s, env=_child_env(), stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
         return False
-    return True
+    return done.returncode == 0 and "ready" in done.stdout
+
+
+class WindowProcess:
+    """A HighGUI window in a child process that never imports ``av``; fed BGR images through a pipe.
+
+    Frames are handed to a writer thread that sends only the newest one, so a slow or stuck child
+    never blocks the caller (and so never blocks ``--seconds`` or Ctrl-C).
+    """
+
+    def __init__(self, title: str, ready_timeout_s: float = PROBE_TIMEOUT_S) -> None:
+        self.title = title
+        self.process = subprocess.Popen([sys.executable, "-c", _WINDOW_CHILD, title], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=_child_env())
+        self._ready = threading.Event()
+        self._closed = threading.Event()
+        self._frame: np.ndarray | None = None
+        self._wake = threading.Condition()
+        self._stopping = False
+        threading.Thread(target=self._read_events, daemon=True).start()
+        self._writer = threading.Thread(target=self._write_frames, daemon=True)
+        self._writer.start()
+        if not self._ready.wait(ready_timeout_s):
+            self.close()
+            raise RuntimeError(f"the window process did not open a window within {ready_timeout_s:g} s")
+
+    def _read_events(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            word = line.strip()
+            if word == b"ready":
+                self._ready.set()
+            elif word == b"closed":
+                self._closed.set()
+        self._closed.set()  # the child ended
+        self._ready.set()
+
+    def _write_frames(self) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
+        while True:
+            with self._wake:
+                while self._frame is None and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                frame, self._frame = self._frame, None
+            h, w = frame.shape[:2]
+            try:
+                stdin.write(h.to_bytes(4, "little") + w.to_bytes(4, "little") + frame.tobytes())
+                stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self._closed.set()
+                return
+
+    @property
+    def closed(self) -> bool:
+        """True once the user closed the window (or pressed q / Esc), or the child ended."""
+        return self._closed.is_set() or self.process.poll() is not None
+
+    def show(self, image: np.ndarray) -> None:
+        """Queue ``image`` (BGR uint8) for display; an older one not yet sent is dropped."""
+        with self._wake:
+            self._frame = np.ascontiguousarray(image, dtype=np.uint8)
+            self._wake.notify()
+
+    def close(self, timeout_s: float = 3.0) -> None:
+        """End the child: EOF on its stdin, then terminate / kill if it does not go by itself."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._writer.join(timeout_s)
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 class OverlayView:
@@ -44,10 +200,21 @@ class OverlayView:
         self.names = stream.info.event_names
         self.events: deque[list] = deque(maxlen=200)  # [class, start, end or None while open]
         self._open: dict[int, list] = {}  # event id -> its entry in events
+        self.problem: str | None = None  # the last warning/error status text, shown until a source recovers
+        self._window: WindowProcess | None = None
 
     def on_message(self, message: dict[str, Any]) -> None:
-        """Engine listener: keep event boundaries of this stream for the timeline."""
-        if message.get("stream") != self.stream.name or message.get("type") != "event":
+        """Engine listener: keep event boundaries for the timeline and the last source problem for the picture."""
+        if message.get("stream") != self.stream.name:
+            return
+        if message.get("type") == "status":
+            if message.get("level") in ("warning", "error"):
+                self.problem = str(message.get("message", ""))
+            elif message.get("state") == "running" and message.get("level") == "info" and "reopened" in str(
+                    message.get("message", "")):
+                self.problem = None
+            return
+        if message.get("type") != "event":
             return
         if message["event"] == "start":
             entry = [message["class_index"], message["start"], None]
@@ -75,6 +242,8 @@ class OverlayView:
         else:
             picture = np.zeros((WIDTH * 3 // 4, WIDTH, 3), np.uint8)
             cv2.putText(picture, "no video", (20, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+            if self.problem:
+                _put_wrapped(picture, self.problem, (20, 80), (80, 80, 255))
             now_t = self.stream.aligner.audio_end_time() or 0.0
         panel = np.full((PANEL, WIDTH, 3), 24, np.uint8)
         self._draw_scores(panel)
@@ -84,6 +253,8 @@ class OverlayView:
         if latencies:
             text = f"latency p50 {1000 * float(np.median(latencies)):.0f} ms   steps {self.stream.counters.steps}"
             cv2.putText(panel, text, (330, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (200, 200, 200), 1)
+        if frame is not None and self.problem:
+            _put_wrapped(picture, self.problem, (10, 24), (80, 80, 255))
         return np.vstack([picture, panel])
 
     def _draw_scores(self, panel: np.ndarray) -> None:
@@ -120,19 +291,40 @@ class OverlayView:
 
     def show(self) -> bool:
         """Draw once; False when the user closed the window or pressed q / Esc."""
-        cv2.imshow(self.window, self.render())
-        key = cv2.waitKey(1) & 0xFF
-        try:
-            visible = cv2.getWindowProperty(self.window, cv2.WND_PROP_VISIBLE) >= 1
-        except cv2.error:
-            visible = False
-        return visible and key not in (ord("q"), 27)
+        if self._window is None:
+            self._window = WindowProcess(self.window)
+        if self._window.closed:
+            return False
+        self._window.show(self.render())
+        return True
+
+    def close(self) -> None:
+        """Close the window process (idempotent)."""
+        if self._window is not None:
+            self._window.close()
+            self._window = None
 
     def run(self, until: float | None = None, fps: float = 25.0) -> None:
+        """Redraw at ``fps`` until ``until`` (monotonic), the window closes, or KeyboardInterrupt."""
         try:
             while until is None or time.monotonic() < until:
                 if not self.show():
                     break
                 time.sleep(1.0 / fps)
         finally:
-            cv2.destroyWindow(self.window)
+            self.close()
+
+
+def _put_wrapped(image: np.ndarray, text: str, origin: tuple[int, int], colour: tuple[int, int, int],
+                 max_chars: int = 60) -> None:
+    """Draw ``text`` on ``image`` over as many lines as it needs: a failure reason is worth reading in full."""
+    x, y = origin
+    line = ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > max_chars:
+            cv2.putText(image, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+            y, line = y + 22, word
+        else:
+            line = f"{line} {word}" if line else word
+    if line:
+        cv2.putText(image, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)

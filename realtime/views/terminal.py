@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from avbind.realtime.publish.subscriber import Received, Subscriber, format_message
@@ -33,21 +34,41 @@ class TerminalView:
             self._last_status[message["stream"]] = time.monotonic()
         print(format_message(message), file=self.out, flush=True)
 
-    def run(self, until: float | None = None, stop_when_ended: bool = False) -> None:
-        """Print messages until monotonic time ``until`` (forever if None) or every stream ended."""
+    def run(self, until: float | None = None, stop_when_ended: bool = False,
+            done: Callable[[], bool] | None = None) -> None:
+        """Print messages until monotonic time ``until`` (forever if None), ``done()`` or every stream ended.
+
+        ``done`` is the reliable way to stop (``avbind run`` passes "the engine has no stream left" and
+        "a stop signal arrived"): ``stop_when_ended`` only sees the streams whose status reached this
+        subscriber, so a stream that ends before another one's ``starting`` arrives would end the view
+        early. Once ``done()`` holds, what is already queued is still printed.
+        """
         open_streams: set[str] = set()
         while until is None or time.monotonic() < until:
+            if done is not None and done():
+                self.drain()
+                return
             wait = 0.2 if until is None else max(0.0, min(0.2, until - time.monotonic()))
             received = self.subscriber.receive(wait)
             if received is None:
                 continue
-            self.received.append(received)
-            self.show(received)
+            self._take(received)
             message = received.message
-            if message["type"] == "status":
+            if message["type"] == "status" and done is None:
                 if message["state"] == "ended":
                     open_streams.discard(message["stream"])
                     if stop_when_ended and not open_streams:
                         return
                 else:
                     open_streams.add(message["stream"])
+
+    def drain(self, quiet_s: float = 0.2, max_s: float = 2.0) -> None:
+        """Print what arrives until nothing has for ``quiet_s`` (at most ``max_s``): the last messages
+        after a stop, such as the ``ended`` statuses, without waiting on streams that still run."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline and (received := self.subscriber.receive(quiet_s)) is not None:
+            self._take(received)
+
+    def _take(self, received: Received) -> None:
+        self.received.append(received)
+        self.show(received)
