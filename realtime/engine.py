@@ -259,6 +259,10 @@ class Engine:
     def _end(self, stream: Stream, why: str) -> None:
         for kind, payload, capture in stream.take_flushed() + stream.finish():
             self._emit(stream, kind, payload, capture)
-        self._emit(stream, "status", self._status(stream, "ended", "info", f"stream {why}"), time.monotonic())
+        message, level = f"stream {why}", "info"
+        if (tail := stream.unstepped_audio_s()) > 1 / stream.rate:
+            message = f"{message}; {tail:.1f} s of audio after the video's last frame were not stepped"
+            level = "warning"
+        self._emit(stream, "status", self._status(stream, "ended", level, message), time.monotonic())
         self.finished_streams[stream.name] = stream
         self._heartbeats.pop(stream.name, None)

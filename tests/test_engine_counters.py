@@ -128,3 +128,27 @@ def test_a_source_that_is_down_is_published_as_reconnecting_and_given_up_on_time
     assert "reconnecting" in states and "running" not in states, states
     gave_up = [m["message"] for m in messages if m["type"] == "status" and "giving up" in m.get("message", "")]
     assert gave_up and "s of reconnect attempts" in gave_up[0], states
+
+
+def test_audio_past_the_end_of_the_video_is_reported(tmp_path: Path) -> None:
+    """Steps follow the video; audio that runs on after the last frame is said to be unheard, not dropped silently."""
+    path = tmp_path / "long_audio.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x96:rate=10:duration=2", "-f", "lavfi",
+         "-i", "sine=frequency=440:sample_rate=16000:duration=5", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+         "-c:a", "aac", str(path)],
+        check=True, timeout=120,
+    )
+    engine = Engine(create_backend(default_onnx()))
+    messages: list[dict] = []
+    engine.listeners.append(messages.append)
+    engine.start()
+    try:
+        engine.add_stream("tail", [MediaStreamSource(path, speed=0)])
+        assert engine.wait(timeout_s=120), "the stream did not end"
+    finally:
+        engine.stop()
+    (ended,) = [m for m in messages if m["type"] == "status" and m["state"] == "ended"]
+    assert ended["level"] == "warning" and "audio after the video's last frame" in ended["message"], ended
+    shown = float(ended["message"].split("; ")[1].split(" s ")[0])
+    assert 2.5 <= shown <= 3.5, ended["message"]  # 5 s of audio, 2 s of video

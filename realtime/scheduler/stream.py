@@ -237,6 +237,17 @@ class Stream:
         self.counters.steps += 1
         return self.outputs.push(index, step.time, outputs, step.capture, step.degraded, step.mask)
 
+    def unstepped_audio_s(self) -> float:
+        """Seconds of audio past the last step of a stream whose video ended first.
+
+        Steps follow the video when there is one, so a file whose audio runs on after its last
+        frame leaves that audio unheard; the stream says so when it ends rather than drop it silently.
+        """
+        end = self.aligner.audio_end_time()
+        if end is None or not self.video_sources or self.cursor is None:
+            return 0.0
+        return max(0.0, end - self.cursor / self.rate)
+
     def finish(self) -> list[Message]:
         """Outputs still open when the stream ends."""
         self.finished = True
