@@ -121,6 +121,8 @@ class _Connection:
     first: bool = True  # the first connection that delivers: its timeline starts at 0
     arrival: float = 0.0  # monotonic s when the first packet arrived (at the latest)
     last_video_pts: float | None = None  # s, raw
+    video_interval: float = 0.0  # s, the last gap between two frames' raw PTS
+    video_shift: float = 0.0  # s, files: taken off video PTS after timestamp jumps, so the timeline stays whole
     audio_start: float | None = None  # s, stream time of the first sample of the current audio run
     audio_in_start: float | None = None  # s, raw PTS of that first sample
     audio_in_samples: int = 0  # decoded samples (input rate) since audio_start
@@ -361,14 +363,31 @@ class MediaStreamSource(Source):
             self._decode_warning(sink, "video frame without timestamp skipped")
             return
         pts = float(frame.time)
-        if self.is_network and conn.last_video_pts is not None:
+        if conn.last_video_pts is not None:
             jump = pts - conn.last_video_pts
             if jump < -CLOCK_JUMP_BACK_S or jump > CLOCK_JUMP_AHEAD_S:
-                self._restart_timeline(pts, conn, sink, origin, f"video timestamps jumped by {jump:+.1f} s")
+                if self.is_network:
+                    self._restart_timeline(pts, conn, sink, origin, f"video timestamps jumped by {jump:+.1f} s")
+                else:
+                    self._splice(conn, sink, jump)
+            else:
+                conn.video_interval = jump
         conn.last_video_pts = pts
-        t = self._stream_time(pts, conn, origin)
+        t = self._stream_time(pts, conn, origin) - conn.video_shift
         rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
         self._hold(conn, sink, origin, "video", t, t, rgb)
+
+    def _splice(self, conn: _Connection, sink: SourceSink, jump: float) -> None:
+        """A file's video clock jumped (a splice, a concatenation, a broken muxer): close the gap.
+
+        Paced by the raw timestamps, a +1000 s jump would stall the stream for 1000 s, and the
+        audio (whose timeline counts samples) would drift away from the video by the jump. The
+        video continues one frame after its last frame instead, where the audio continues too.
+        """
+        conn.video_shift += jump - conn.video_interval
+        self.counters.errors += 1
+        message = f"{self.name}: video timestamps jumped by {jump:+.1f} s; timeline closed over the jump"
+        sink.on_status(SourceStatus("warning", message))
 
     # -- presentation order ---------------------------------------------------------------------
 
