@@ -152,3 +152,29 @@ def test_audio_past_the_end_of_the_video_is_reported(tmp_path: Path) -> None:
     assert ended["level"] == "warning" and "audio after the video's last frame" in ended["message"], ended
     shown = float(ended["message"].split("; ")[1].split(" s ")[0])
     assert 2.5 <= shown <= 3.5, ended["message"]  # 5 s of audio, 2 s of video
+
+
+def test_decode_that_cannot_keep_up_drops_late_frames_and_counts_them(tmp_path: Path) -> None:
+    """A 4K file asked to play at 16x (480 frames/s of 4K) cannot be decoded in time on any machine
+    this runs on: late frames are dropped and counted, and the file still ends about on time.
+    The same file unpaced (the control) delivers every frame and drops none."""
+    from avbind.realtime.sources.base import CollectingSink
+
+    path = tmp_path / "huge.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=3840x2160:rate=30", "-t", "2",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
+                   check=True, timeout=300)
+    control = CollectingSink()
+    MediaStreamSource(path, speed=0).start(control, 0.0)
+    assert control.ended.wait(300)
+    assert len(control.frames) == 60
+
+    paced = CollectingSink()
+    source = MediaStreamSource(path, speed=16.0)
+    import time
+
+    source.start(paced, time.monotonic())
+    assert paced.ended.wait(300)
+    assert source.counters.frames_dropped > 0
+    assert len(paced.frames) + source.counters.frames_dropped == 60
+    assert any("late video frames dropped" in s.message for s in paced.statuses)

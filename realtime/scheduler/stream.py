@@ -259,6 +259,7 @@ class Stream:
         return {
             "steps_skipped": self.counters.steps_skipped,
             "frames_evicted": aligner.frames.evicted_unread,
+            "frames_dropped": sum(s.counters.frames_dropped for s in self.video_sources),
             "audio_overflows": device_overflows,
             "audio_overwritten": aligner.samples.counters.overflow_rows,
             "audio_underruns": aligner.log_mel.counters.underrun_rows,

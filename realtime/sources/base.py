@@ -66,6 +66,7 @@ class SourceCounters:
     audio_samples: int = 0  # audio samples delivered (model rate)
     audio_overflows: int = 0  # input overflows the device or driver reported, or blocks dropped (events)
     errors: int = 0  # read/decode errors survived
+    frames_dropped: int = 0  # video frames decoded too late to be shown in time (decode cannot keep up)
     reconnects: int = 0  # successful reopenings after a failure
 
     def as_dict(self) -> dict[str, int]:

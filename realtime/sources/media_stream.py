@@ -50,6 +50,7 @@ WARNING_INTERVAL_S = 1.0  # s; at most one decode warning per interval, the rest
 # every stream has been decoded up to it. These bound how far ahead the demuxer may read.
 DEMUX_AHEAD_S = 10.0  # s of media held at most (a file's streams interleaved further apart play degraded)
 DEMUX_AHEAD_BYTES = 256 << 20  # bytes of decoded frames held at most (4000x3000 RGB is 36 MB a frame)
+LATE_FRAME_S = 0.5  # s; a paced file's frame decoded this long after its time is dropped (counted), not shown late
 
 
 # ``scheme://user:password@host``: the userinfo part of a URL, which carries camera passwords.
@@ -374,6 +375,12 @@ class MediaStreamSource(Source):
                 conn.video_interval = jump
         conn.last_video_pts = pts
         t = self._stream_time(pts, conn, origin) - conn.video_shift
+        if self.paced and time.monotonic() - (origin + t / self.speed) > LATE_FRAME_S:
+            # Decoding cannot keep up (a huge picture, a slow machine): skip the colour conversion
+            # and catch up, so latency stays bounded instead of growing without end.
+            self.counters.frames_dropped += 1
+            self._decode_warning(sink, "decoding is slower than real time: late video frames dropped")
+            return
         rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
         self._hold(conn, sink, origin, "video", t, t, rgb)
 
