@@ -8,6 +8,7 @@ Torch-free: a deployment with only ONNX Runtime or TensorRT reads it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,7 +130,7 @@ class ModelInfo:
         try:
             raw = {k[len(KEY):]: v for k, v in metadata.items() if k.startswith(KEY)}
             features = json.loads(raw["features"])
-            return cls(
+            info = cls(
                 config=json.loads(raw["config"]),
                 class_names=tuple(json.loads(raw["class_names"])),
                 outputs=tuple(json.loads(raw["outputs"])),
@@ -141,9 +142,35 @@ class ModelInfo:
                 noun_names=tuple(json.loads(raw.get("noun_names", "[]"))),
                 path=path,
             )
+            info.check_values(raw, where)
+            return info
+        except ModelFileError:
+            raise
         except (KeyError, TypeError, ValueError) as err:
             problem = f"{type(err).__name__}: {err}"
             raise ModelFileError(f"{where}avbind metadata is incomplete or malformed ({problem})") from err
+
+    def check_values(self, raw: dict[str, str], where: str = "") -> None:
+        """Refuse values that would load and then fail at every step (or divide by zero) at run time.
+
+        ``raw`` is the metadata without the key prefix: its flat keys must agree with the config,
+        which is what the runtime reads, so an edit to either one cannot go unnoticed.
+        """
+        rate = self.step_rate_hz
+        if not math.isfinite(rate) or rate <= 0:
+            raise ModelFileError(f"{where}metadata says step_rate_hz {rate:g}; it must be a finite number above 0")
+        for key, value in (("input_size", self.input_size), ("audio_window_frames", self.window_frames)):
+            if value <= 0:
+                raise ModelFileError(f"{where}metadata says {key} {value}; it must be above 0")
+        flat = {
+            "input_size": self.input_size, "step_rate_hz": rate,
+            "audio_window_frames": self.window_frames, "audio_end_offset_s": self.audio_end_offset_s,
+        }
+        for key, value in flat.items():
+            if key in raw and float(raw[key]) != float(value):
+                raise ModelFileError(f"{where}metadata says {key} {raw[key]} but its config says {value}")
+        if not self.class_names:
+            raise ModelFileError(f"{where}metadata has no class names")
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
@@ -170,4 +197,74 @@ def read_model_info(path: str | Path) -> ModelInfo:
             f"{path}: graph inputs/outputs {list(graph_inputs)} -> {list(graph_outputs)} do not match its "
             f"avbind metadata {list(info.input_names)} -> {list(info.output_names)}"
         )
+    check_graph_shapes(info, model, path)
+    check_external_data(model, path)
     return info
+
+
+def _dims(value: object) -> tuple[int | None, ...]:
+    """Per-stream dims of a graph input or output (batch axis dropped); None where not fixed."""
+    dims = value.type.tensor_type.shape.dim[1:]
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims)
+
+
+def _shown(shape: tuple[int | None, ...]) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape) or "a scalar"
+
+
+def _differs(graph: tuple[int | None, ...], want: tuple[int, ...]) -> bool:
+    return len(graph) != len(want) or any(g is not None and g != w for g, w in zip(graph, want, strict=True))
+
+
+def check_graph_shapes(info: ModelInfo, model: object, path: Path) -> None:
+    """Refuse a file whose metadata disagrees with its graph's input and output shapes.
+
+    Without this a wrong input size, state shape or class list loads fine and then fails at every
+    step (or publishes nothing); here it is one error at load naming the mismatch.
+    """
+    inputs = {i.name: _dims(i) for i in model.graph.input}
+    want = info.input_shapes(1)
+    frame, log_mel = inputs["frame"], inputs["log_mel"]
+    if _differs(frame, want["frame"][1:]):
+        raise ModelFileError(
+            f"{path}: frame input is {_shown(frame)} but metadata says input_size {info.input_size}"
+        )
+    if _differs(log_mel, want["log_mel"][1:]):
+        raise ModelFileError(
+            f"{path}: log_mel input is {_shown(log_mel)} but metadata says window_frames {info.window_frames} "
+            f"and n_mels {info.features.n_mels}"
+        )
+    if _differs(inputs["modality_mask"], want["modality_mask"][1:]):
+        raise ModelFileError(f"{path}: modality_mask input is {_shown(inputs['modality_mask'])}, avbind feeds 2")
+    for spec in info.states:
+        if _differs(inputs[spec.name], spec.shape):
+            raise ModelFileError(
+                f"{path}: state input {spec.name} is {_shown(inputs[spec.name])} but metadata says "
+                f"{_shown(spec.shape)}"
+            )
+    outputs = {o.name: _dims(o) for o in model.graph.output}
+    names = {
+        "event_logits": (info.event_names, f"event names ({len(info.class_names)} class names + background)"),
+        "verb_logits": (info.verb_names, "verb names"),
+        "noun_logits": (info.noun_names, "noun names"),
+    }
+    for output, (labels, what) in names.items():
+        if output not in outputs or (output != "event_logits" and not labels):
+            continue
+        width = outputs[output][-1] if outputs[output] else None
+        if width is not None and width != len(labels):
+            raise ModelFileError(f"{path}: {output} has {width} outputs but metadata has {len(labels)} {what}")
+
+
+def check_external_data(model: object, path: Path) -> None:
+    """Refuse a file whose weights live in external-data files that are missing, at load, in one line."""
+    for tensor in model.graph.initializer:
+        if tensor.data_location != 1:  # onnx.TensorProto.EXTERNAL
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        data = path.parent / location
+        if not location or not data.is_file():
+            raise ModelFileError(
+                f"{path}: weights are stored in external data file {location!r}, which is missing "
+                f"(expected at {data}); copy it next to the model file"
+            )

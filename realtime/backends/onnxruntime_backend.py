@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from avbind.realtime.backends.base import Backend, BackendDescription, State
-from avbind.realtime.backends.model_file import read_model_info
+from avbind.realtime.backends.model_file import ModelFileError, read_model_info
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,11 @@ class OnnxRuntimeBackend(Backend):
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.spin_wait else "0")
         so.log_severity_level = 3  # errors only
         self.providers = self._providers(self.options.device)
-        self.session = ort.InferenceSession(str(model_path), so, providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(str(model_path), so, providers=self.providers)
+        except Exception as err:  # onnxruntime's own error types; the first line names the problem
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelFileError(f"{model_path}: ONNX Runtime cannot load the model: {first}") from err
         self._threads = so.intra_op_num_threads
 
     @staticmethod

@@ -20,6 +20,23 @@ from avbind.realtime.backends.base import Backend, BackendDescription, InputErro
 from avbind.realtime.backends.model_file import ModelFileError, ModelInfo
 
 ENGINE_METADATA_SUFFIX = ".json"
+NOT_INSTALLED = "TensorRT is not installed: pip install 'avbind[tensorrt]' on a machine with an NVIDIA GPU"
+
+
+def _import_tensorrt() -> tuple[object, object]:
+    """Import TensorRT and cuda-python, turning a missing package into one clear RuntimeError.
+
+    ``avbind run`` shows the message and exits instead of printing an ImportError traceback.
+    """
+    try:
+        import tensorrt as trt
+    except ImportError as err:
+        raise RuntimeError(f"{NOT_INSTALLED} ({err})") from err
+    try:
+        cudart = _cudart()
+    except ImportError as err:
+        raise RuntimeError(f"cuda-python is not installed, the TensorRT backend needs it: {NOT_INSTALLED}") from err
+    return trt, cudart
 
 
 def _cudart():
@@ -77,10 +94,14 @@ class DeviceState:
 
 class TensorRTBackend(Backend):
     def __init__(self, engine_path: str | Path, device: int = 0) -> None:
-        import tensorrt as trt
-
+        trt, cudart = _import_tensorrt()
+        if Path(engine_path).suffix == ".onnx":
+            raise ModelFileError(
+                f"{engine_path}: the TensorRT backend runs a built .engine file; "
+                "build one with `avbind export --tensorrt`"
+            )
         self._trt = trt
-        self._cudart = cudart = _cudart()
+        self._cudart = cudart
         _check(cudart.cudaSetDevice(device))
         self.device = device
         self.info, (_, _, self.max_batch) = read_engine_info(engine_path)
