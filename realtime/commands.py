@@ -35,6 +35,7 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 
 
 def open_backend(model: Path | None, backend: str, threads: int = 0) -> Backend:
+    """Open the model or exit with one line: a bad model file or a missing backend is a user error, not a bug."""
     if model is None:
         from avbind.models.weights import default_onnx
 
@@ -44,6 +45,8 @@ def open_backend(model: Path | None, backend: str, threads: int = 0) -> Backend:
         options["intra_op_threads"] = threads
     try:
         return create_backend(model, backend, **options)
+    except ImportError as err:  # an optional backend package (TensorRT, torch) is missing: a message, not a traceback
+        sys.exit(f"avbind: cannot open model {model} with backend {backend}: {err.name or err} is not installed")
     except (OSError, ValueError, RuntimeError) as err:
         sys.exit(f"avbind: cannot open model {model} with backend {backend}: {err}")
 
@@ -151,6 +154,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
 
 # demo ----------------------------------------------------------------------------------------
 def demo_command(args: argparse.Namespace) -> int:
+    from avbind.models.data.avsynth import CLASS_NAMES
     from avbind.realtime.sources.synthetic import SyntheticSource
 
     backend = open_backend(args.model, args.backend, args.threads)
@@ -159,16 +163,22 @@ def demo_command(args: argparse.Namespace) -> int:
     engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
     segments: list[dict[str, Any]] = []
     engine.listeners.append(lambda m: segments.append(m) if m["type"] == "segment" else None)
-    view = TerminalView(Subscriber(endpoint, types=("segment", "event", "status")))
-    time.sleep(0.2)  # let the subscriber connect before the first message (ZeroMQ's slow joiner)
-    print(f"avbind demo: synthetic audio-visual stream -> {backend.info.name} on {engine.backend_name}")
-    print(f"publishing on {endpoint} (try `avbind listen {endpoint}` in another terminal); "
-          f"{args.seconds:g} s, Ctrl-C to stop early")
     source = SyntheticSource(seed=args.seed, speed=args.speed)
+    view = TerminalView(Subscriber(endpoint, types=("segment", "event", "status")), truth=source.truth,
+                        class_names=[*CLASS_NAMES, "background"])
+    time.sleep(0.2)  # let the subscriber connect before the first message (ZeroMQ's slow joiner)
+    print(f"avbind demo: synthetic audio-visual stream -> {backend.info.name}")
+    print(f"  on {engine.backend_name}")
+    print(f"publishing on {endpoint}; {args.seconds:g} s, Ctrl-C to stop early")
+    print(f"  (try `avbind listen {endpoint}` in another terminal)")
     engine.start()
     stream = engine.add_stream("demo", [source], stream_settings(args))
     started = time.monotonic()
     try:
+        # --seconds counts stream played: playback starts once the first clip is rendered and encoded.
+        while source.counters.frames == 0 and not source.stopped and time.monotonic() < started + 30:
+            time.sleep(0.01)
+        started = time.monotonic()
         view.run(until=started + args.seconds / args.speed)
     except KeyboardInterrupt:
         print("stopped")

@@ -375,25 +375,39 @@ def test_missing_camera_reports_error_and_ends() -> None:
 # -- synthetic avsynth stream -------------------------------------------------------------------
 
 
-def test_synthetic_stream_is_the_rendered_test_clips_back_to_back() -> None:
+def test_synthetic_stream_is_the_decoded_test_clips_back_to_back() -> None:
+    """What the stream shows is what evaluation saw: each rendered clip after a real H.264/AAC round
+    trip, clip k from k x 10 s on, with a state reset announced at each clip boundary."""
+    from avbind.realtime.sources.synthetic import codec_round_trip
+
     source = SyntheticSource(seed=2026, clips=2, speed=0)
     sink, _ = run_to_end(source)
-    fps, rate = source.fps, source.sample_rate
     rendered = [render_clip(source.config, source.dataset_index(k)) for k in range(2)]
-    frames = np.concatenate([r[0] for r in rendered])
-    audio = np.concatenate([r[1] for r in rendered])
+    decoded = [codec_round_trip(r[0], r[1], source.config) for r in rendered]
+    clip_s = source.segments_per_clip  # 1 s segments
 
     assert [a.split for a in source.clip_annotations] == ["test", "test"]
     assert source.clip_annotations == [r[2] for r in rendered]
-    assert len(sink.frames) == len(frames)
-    np.testing.assert_array_equal([f.time for f in sink.frames], np.arange(len(frames)) / fps)
+    frames = np.concatenate([d.frames for d in decoded])
+    times = np.concatenate([k * clip_s + d.frame_times for k, d in enumerate(decoded)])
+    assert len(sink.frames) == len(frames) == sum(len(r[0]) for r in rendered)
+    np.testing.assert_allclose([f.time for f in sink.frames], times, atol=1e-9)
     np.testing.assert_array_equal(np.stack([f.rgb for f in sink.frames]), frames)
-    assert {len(c.samples) for c in sink.audio} == {round(0.02 * rate)}  # 20 ms chunks
-    assert_contiguous(sink.audio, rate)
-    assert sink.audio[0].time == 0.0
-    np.testing.assert_array_equal(audio_of(sink), audio)
-    (status,) = sink.statuses
-    assert status.ended and status.level == "info"
+    assert not np.array_equal(frames, np.concatenate([r[0] for r in rendered]))  # really through the codec
+    # Each clip's audio is one contiguous run where its decoded timeline puts it (AAC leaves a clip
+    # 48 ms longer than its video, so the next clip's run starts before the previous one's end).
+    breaks = [i for i in range(1, len(sink.audio))
+              if abs(sink.audio[i].time - sink.audio[i - 1].time - len(sink.audio[i - 1].samples) / source.sample_rate)
+              > 1e-6]
+    assert len(breaks) == 1
+    runs = [sink.audio[: breaks[0]], sink.audio[breaks[0]:]]
+    for k, (d, chunks) in enumerate(zip(decoded, runs, strict=True)):
+        assert chunks[0].time == pytest.approx(k * clip_s + d.audio_start, abs=1e-9)
+        assert_contiguous(chunks, source.sample_rate)
+        np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]), d.audio)
+    boundary, end = sink.statuses
+    assert boundary.discontinuity and not boundary.ended and "clip 1" in boundary.message
+    assert end.ended and end.level == "info"
 
     for segment in range(2 * source.segments_per_clip):
         clip, second = divmod(segment, source.segments_per_clip)
@@ -418,9 +432,10 @@ def test_synthetic_endless_stream_knows_truth_ahead_and_stops_promptly() -> None
     source.stop()
     assert time.monotonic() - began < 1.0
     assert sink.statuses == []
-    for item in [*sink.frames, *sink.audio]:  # paced at speed 1
-        assert item.capture == pytest.approx(origin + item.time, abs=1e-9)
-    assert sink.frames[-1].time < time.monotonic() - origin
+    # Paced at speed 1 from when the first clip was ready (its codec round trip takes a moment).
+    offsets = [item.capture - item.time for item in [*sink.frames, *sink.audio]]
+    assert max(offsets) - min(offsets) < 1e-6 and min(offsets) >= origin
+    assert sink.frames[-1].time < time.monotonic() - min(offsets)
 
 
 def test_realtime_sources_do_not_import_torch() -> None:

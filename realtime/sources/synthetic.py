@@ -6,6 +6,13 @@ back as one continuous stream: frame ``k`` is at ``k / fps`` and audio comes in 
 speed``; ``speed`` 0 or inf: as fast as possible). Clips come from a split the model did not train
 on (the test split by default), under a seed other than the default data set's, and each one-second
 segment's true class is known, so the demo can score itself as it runs.
+
+Each clip is played as ``avbind eval`` sees it: rendered, written with avsynth's own ``write_mp4``
+(H.264 + AAC, the data set's settings) and decoded back by the shared decoder, in the renderer
+thread, ahead of playback. Between clips the source reports a discontinuity, so the model starts
+every clip from a fresh state, as evaluation does; it waits (boundedly) for the engine to finish
+the clip's last step before that reset and for the reset before the next clip, so a boundary
+neither drops steps nor shifts the next clip's timeline.
 """
 
 from __future__ import annotations
@@ -13,20 +20,57 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 import queue
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-from avbind.models.data.avsynth import CLASS_NAMES, SPLITS, ClipAnnotation, SynthConfig, annotate_clip, render_clip
+from avbind.models.data.avsynth import (
+    CLASS_NAMES,
+    SPLITS,
+    ClipAnnotation,
+    SynthConfig,
+    annotate_clip,
+    render_clip,
+    write_mp4,
+)
 from avbind.realtime.sources.base import AudioChunk, Source, SourceSink, SourceStatus, VideoFrame
+from avbind.realtime.sources.decode import decode_media
 
 CHUNK_S = 0.02  # s of audio per delivered chunk
 RENDER_AHEAD = 2  # clips rendered and waiting; bounds memory (a 10 s, 160 px clip is about 19 MB)
 POLL_S = 0.1  # s; how often a waiting thread looks at stop
 BACKGROUND = len(CLASS_NAMES)  # class index of a segment with no event
+BOUNDARY_WAIT_S = 2.0  # s of wall time a clip boundary waits for the engine, at most (then plays on)
+
+
+@dataclass
+class _Clip:
+    """One clip after the codec round trip, on the clip's own clock (0 = its first frame)."""
+
+    frames: np.ndarray  # (N, H, W, 3) uint8, decoded
+    frame_times: np.ndarray  # (N,) s
+    audio: np.ndarray  # (S,) float32, decoded
+    audio_start: float  # s: time of audio[0]
+
+
+def codec_round_trip(frames: np.ndarray, audio: np.ndarray, config: SynthConfig) -> _Clip:
+    """``frames`` and ``audio`` as the data set's mp4 holds them: the model was trained and evaluated
+    on decoded H.264/AAC, whose blocking and chroma subsampling raw renders lack, so the live stream
+    goes through the same ``write_mp4`` and ``decode_media`` (a temporary file: one clip at a time)."""
+    handle, path = tempfile.mkstemp(suffix=".mp4", prefix="avbind-synthetic-")
+    os.close(handle)
+    try:
+        write_mp4(path, frames, audio, config.fps, config.sample_rate, config.crf, config.preset)
+        media = decode_media(path, config.sample_rate)
+    finally:
+        os.unlink(path)
+    return _Clip(media.frames, media.frame_times, media.audio, media.audio_start)
 
 
 class SyntheticSource(Source):
@@ -59,7 +103,7 @@ class SyntheticSource(Source):
         self._split_size = counts[split]
         self.clip_annotations: list[ClipAnnotation] = []  # of the clips rendered so far, in stream order
         self._lock = threading.Lock()
-        self._rendered: queue.Queue[tuple[np.ndarray, np.ndarray]] = queue.Queue(maxsize=RENDER_AHEAD)
+        self._rendered: queue.Queue[_Clip | Exception | None] = queue.Queue(maxsize=RENDER_AHEAD)
         self._renderer: threading.Thread | None = None
 
     def dataset_index(self, clip: int) -> int:
@@ -100,9 +144,11 @@ class SyntheticSource(Source):
         try:
             for clip in numbers:
                 frames, audio, annotation = render_clip(self.config, self.dataset_index(clip))
+                decoded = codec_round_trip(frames, audio, self.config)
+                del frames, audio
                 with self._lock:
                     self.clip_annotations.append(annotation)
-                if not self._put((frames, audio)):
+                if not self._put(decoded):
                     return
         except Exception as err:  # handed to the playback thread, which reports it
             self._put(err)
@@ -118,7 +164,7 @@ class SyntheticSource(Source):
                 continue
         return False
 
-    def _next_clip(self) -> tuple[np.ndarray, np.ndarray] | Exception | None:
+    def _next_clip(self) -> _Clip | Exception | None:
         while not self.stopped:
             try:
                 return self._rendered.get(timeout=POLL_S)
@@ -128,7 +174,8 @@ class SyntheticSource(Source):
 
     def _serve(self, sink: SourceSink, origin: float) -> None:
         chunk = round(CHUNK_S * self.sample_rate)  # samples
-        frame_index, sample_index, played = 0, 0, 0  # over the whole stream
+        played = 0
+        progress = _consumer_progress(sink)
         while not self.stopped:
             clip = self._next_clip()
             if isinstance(clip, Exception):
@@ -139,8 +186,17 @@ class SyntheticSource(Source):
                 if not self.stopped:
                     sink.on_status(SourceStatus("info", f"{self.name}: {played} clips played", ended=True))
                 return
-            frames, audio = clip
-            for item in _interleave(frames, audio, frame_index, sample_index, self.fps, self.sample_rate, chunk):
+            offset = float(played * self.segments_per_clip)  # s: clip k starts at k * duration
+            # Pacing starts once content is ready and pauses while a boundary waits: rendering and the
+            # codec round trip take a while, and frames delivered late all at once would overflow the
+            # engine's frame buffer (frames lost) instead of merely arriving late.
+            if played:
+                paused = time.monotonic()
+                self._boundary(sink, offset, progress, played)
+                origin += time.monotonic() - paused
+            else:
+                origin = max(origin, time.monotonic())
+            for item in _interleave(clip, offset, self.sample_rate, chunk):
                 t = item.time
                 capture = self._due(t, origin)
                 if capture is None:
@@ -151,9 +207,27 @@ class SyntheticSource(Source):
                 else:
                     sink.on_audio(AudioChunk(samples=item.samples, time=t, capture=capture))
                     self.counters.audio_samples += len(item.samples)
-            frame_index += len(frames)
-            sample_index += len(audio)
             played += 1
+
+    def _boundary(self, sink: SourceSink, offset: float, progress: _Progress | None, clip: int) -> None:
+        """Reset the model between clips, as evaluation runs each clip from a fresh state.
+
+        A reset without a time restarts the consumer's timeline from the next data, so it must land
+        after the previous clip's last step ran (else that step is lost) and before the next clip's
+        first data (else that data is cleared). Where the sink is an engine stream, wait for both,
+        a bounded time: a stalled engine must not stall the source forever.
+        """
+        if progress is not None:
+            self._wait_until(lambda: _cursor_reached(progress, offset))
+        resets = progress()[2] if progress is not None else 0
+        sink.on_status(SourceStatus("info", f"{self.name}: clip {clip} starts at {offset:g} s", discontinuity=True))
+        if progress is not None:
+            self._wait_until(lambda: progress()[2] > resets)
+
+    def _wait_until(self, condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + BOUNDARY_WAIT_S
+        while not self.stopped and not condition() and time.monotonic() < deadline:
+            self._stop.wait(0.002)
 
     def _due(self, t: float, origin: float) -> float | None:
         """``capture`` for stream time ``t``, after sleeping until then when paced; None: stopped."""
@@ -165,15 +239,33 @@ class SyntheticSource(Source):
         return due
 
 
-def _interleave(
-    frames: np.ndarray, audio: np.ndarray, first_frame: int, first_sample: int, fps: int, sample_rate: int, chunk: int
-) -> Iterator[VideoFrame | AudioChunk]:
-    """One clip's frames and audio chunks in time order, on the stream's global clock (capture not yet known)."""
+_Progress = Callable[[], tuple[float, int | None, int]]  # () -> (step rate, next step or None, resets)
+
+
+def _consumer_progress(sink: SourceSink) -> _Progress | None:
+    """How far the engine stream behind ``sink`` got: () -> (step rate, next step, resets); None:
+    the sink is not an engine stream (a test's CollectingSink), so boundaries cannot wait on it."""
+    stream = getattr(sink, "stream", None)
+    if stream is None or not hasattr(stream, "counters") or not hasattr(stream, "rate"):
+        return None
+    return lambda: (float(stream.rate), stream.cursor, int(stream.counters.resets))
+
+
+def _cursor_reached(progress: _Progress, t: float) -> bool:
+    """True once the consumer's next step is at or after ``t`` (or it has no cursor: nothing to lose)."""
+    rate, cursor, _ = progress()
+    return cursor is None or cursor >= math.ceil(t * rate - 1e-6)
+
+
+def _interleave(clip: _Clip, offset: float, sample_rate: int, chunk: int) -> Iterator[VideoFrame | AudioChunk]:
+    """One clip's frames and audio chunks in time order, on the stream's clock (capture not yet known)."""
+    audio = clip.audio
     chunks = (
-        AudioChunk(samples=audio[s : s + chunk], time=(first_sample + s) / sample_rate, capture=math.nan)
+        AudioChunk(samples=audio[s : s + chunk], time=offset + clip.audio_start + s / sample_rate, capture=math.nan)
         for s in range(0, len(audio), chunk)
     )
     pictures = (
-        VideoFrame(rgb=rgb, time=(first_frame + i) / fps, capture=math.nan) for i, rgb in enumerate(frames)
+        VideoFrame(rgb=rgb, time=offset + float(t), capture=math.nan)
+        for rgb, t in zip(clip.frames, clip.frame_times, strict=True)
     )
     yield from heapq.merge(pictures, chunks, key=lambda item: item.time)
