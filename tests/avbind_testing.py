@@ -77,3 +77,21 @@ def avbind_exe() -> str:
     if beside.exists():
         return str(beside)
     return shutil.which("avbind") or "avbind"
+
+
+def messages_until_ended(name: str, sources: list, timeout_s: float) -> list[dict]:
+    """Every message one stream of ``sources`` gives on the shipped model until its ``ended`` status."""
+    from avbind.models.weights import default_onnx
+    from avbind.realtime.backends import create_backend
+    from avbind.realtime.engine import Engine
+
+    engine = Engine(create_backend(default_onnx()))
+    messages: list[dict] = []
+    engine.listeners.append(messages.append)
+    engine.start()
+    try:
+        engine.add_stream(name, sources)
+        assert wait_for(lambda: any(m.get("state") == "ended" for m in messages), timeout_s), messages
+    finally:
+        engine.stop()
+    return messages

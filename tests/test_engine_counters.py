@@ -110,20 +110,12 @@ def test_an_unknown_scheme_is_not_retried() -> None:
 
 def test_a_source_that_is_down_is_published_as_reconnecting_and_given_up_on_time() -> None:
     """While a network source retries, status says ``reconnecting`` (not ``running``); ``give_up_s`` ends it."""
-    from avbind_testing import free_port, wait_for
+    from avbind_testing import free_port, messages_until_ended
 
     port = free_port()  # nothing listens: every attempt is refused
     source = MediaStreamSource(f"rtsp://127.0.0.1:{port}/cam", open_timeout_s=1, read_timeout_s=1, backoff_s=0.2,
                                max_backoff_s=0.4, give_up_s=3.0)
-    engine = Engine(create_backend(default_onnx()))
-    messages: list[dict] = []
-    engine.listeners.append(messages.append)
-    engine.start()
-    try:
-        engine.add_stream("cam", [source])
-        assert wait_for(lambda: any(m.get("state") == "ended" for m in messages), 60), messages
-    finally:
-        engine.stop()
+    messages = messages_until_ended("cam", [source], timeout_s=60)
     states = [m["state"] for m in messages if m["type"] == "status"]
     assert "reconnecting" in states and "running" not in states, states
     gave_up = [m["message"] for m in messages if m["type"] == "status" and "giving up" in m.get("message", "")]

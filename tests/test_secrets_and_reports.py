@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from avbind_testing import free_port, wait_for
+from avbind_testing import free_port, messages_until_ended
 
-from avbind.realtime.engine import Engine
 from avbind.realtime.sources.media_stream import MediaStreamSource, redact_credentials
 
 
@@ -20,22 +19,12 @@ def test_redaction_hides_passwords_and_secret_options_but_keeps_the_rest() -> No
 
 def test_a_password_in_a_network_url_is_never_published() -> None:
     """Every status message of a stream whose URL holds a password, published for real, lacks it."""
-    from avbind.models.weights import default_onnx
-    from avbind.realtime.backends import create_backend
 
     port = free_port()  # nobody listens: the source fails, and its failure is what gets published
     url = f"rtsp://viewer:hunter2@127.0.0.1:{port}/cam"
     source = MediaStreamSource(url, reconnect=False, open_timeout_s=2, read_timeout_s=2)
     assert "hunter2" not in source.name
-    engine = Engine(create_backend(default_onnx()))
-    messages: list[dict] = []
-    engine.listeners.append(messages.append)
-    engine.start()
-    try:
-        engine.add_stream("cam", [source])
-        assert wait_for(lambda: any(m.get("state") == "ended" for m in messages), 30)
-    finally:
-        engine.stop()
+    messages = messages_until_ended("cam", [source], timeout_s=30)
     text = json.dumps(messages)
     assert "127.0.0.1" in text  # the source is still named ...
     assert "hunter2" not in text  # ... without its password
