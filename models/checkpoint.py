@@ -52,7 +52,9 @@ def load_checkpoint(path: str | Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable avbind checkpoint ({type(err).__name__}: {err})") from err
+        # torch's own text (about weights_only) runs to a paragraph and misleads: -v shows it.
+        raise ValueError(f"{path}: not a readable avbind checkpoint (truncated, corrupt or not a PyTorch file: "
+                         f"{type(err).__name__})") from err
     if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
         raise ValueError(f"{path}: not an avbind checkpoint (no config/state_dict inside)")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -65,8 +67,12 @@ def load_checkpoint(path: str | Path) -> dict:
 def load_model(path: str | Path) -> AVBindNet:
     """Rebuild the model a checkpoint describes, in eval mode."""
     payload = load_checkpoint(path)
-    model = AVBindNet(ModelConfig.from_dict(payload["config"]))
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model = AVBindNet(ModelConfig.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, KeyError, ValueError, RuntimeError) as err:  # a foreign or edited file
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: its weights do not fit its configuration ({type(err).__name__}: {first})") from err
     model.class_names = payload.get("class_names")
     model.verb_names = payload.get("verb_names")
     model.noun_names = payload.get("noun_names")

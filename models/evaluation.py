@@ -158,7 +158,8 @@ def _prepare_split(
     dataset = load_ave(data_dir, split)
     videos = prepare_dataset(dataset, config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)
     report = {"split": split, "videos": len(videos), "segments": int(sum(len(v.segment_labels) for v in videos)),
-              "model": name, "ablations": {}}
+              "model": name, "skipped": [{"video": vid, "reason": why} for vid, why in videos.skipped],
+              "ablations": {}}
     return dataset, videos, [*dataset.class_names, "background"], report
 
 
@@ -241,6 +242,10 @@ def strict_json(value: Any) -> str:
 
 def format_report(report: dict) -> str:
     lines = [f"{report['model']} on {report['split']}: {report['videos']} videos, {report['segments']} segments"]
+    skipped = report.get("skipped") or []
+    if skipped:  # scored without them: the figures below are over fewer videos than the split has
+        lines[0] += f" ({len(skipped)} skipped: not decodable)"
+        lines += [f"  skipped {s['video']}: {s['reason']}" for s in skipped]
     for name, entry in report["ablations"].items():
         line = f"  {name:<11}"
         if "offline" in entry:

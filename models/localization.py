@@ -142,13 +142,15 @@ def evaluate_localization(
     model = checkpoint if isinstance(checkpoint, AVBindNet) else load_model(checkpoint)
     model.eval()
     dataset = load_ave(data_dir, split)
-    prepared = {v.video_id: v for v in prepare_dataset(
-        dataset, model.config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)}
+    videos = prepare_dataset(dataset, model.config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)
+    prepared = {v.video_id: v for v in videos}
     step_s = 1.0 / model.config.step_rate_hz
     num_classes = model.config.heads.num_classes
     predictions: list[Segment] = []
     truth: list[Segment] = []
     for video in tqdm(dataset.videos, desc="localization", disable=not progress, leave=False):
+        if video.video_id not in prepared:  # undecodable: skipped (and logged) by prepare_dataset
+            continue
         label = dataset.class_names.index(video.category)
         truth += [Segment(video.video_id, label, float(s), float(e)) for s, e in video.events]
         steps = prepared[video.video_id]
@@ -156,5 +158,6 @@ def evaluate_localization(
         probs = torch.from_numpy(outputs["event_logits"]).softmax(-1).numpy()[:, :num_classes]
         times = np.arange(len(probs)) * step_s
         predictions += proposals(video.video_id, times, probs, settings, step_s)
-    return {"split": split, "videos": len(dataset.videos), "events": len(truth), "proposals": len(predictions),
+    return {"split": split, "videos": len(prepared), "skipped": len(videos.skipped), "events": len(truth),
+            "proposals": len(predictions),
             **localization_map(predictions, truth)}

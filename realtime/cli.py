@@ -167,10 +167,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message (libraries' messages run to paragraphs), else its type."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ImportError as err:  # an optional part (torch for train, TensorRT) is not installed
+        if args.verbose:
+            raise
+        print(f"avbind {args.command}: error: {err.name or one_line(err)} is not installed ({one_line(err)})",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError, RuntimeError) as err:
+        # A bad model, media or data folder is the user's to fix and the message names it; a
+        # traceback would bury it. -v keeps the traceback for reports.
+        if args.verbose:
+            raise
+        print(f"avbind {args.command}: error: {one_line(err)} (-v shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -354,6 +354,15 @@ def _summarise_run(engine: Engine, problems: dict[str, str]) -> bool:
     return failed
 
 
+# devices -------------------------------------------------------------------------------------
+def devices_command(args: argparse.Namespace) -> int:
+    from avbind.realtime.sources.devices import describe_devices, format_devices
+
+    report = describe_devices()
+    print(json.dumps(report, indent=2) if args.json else format_devices(report))
+    return 0
+
+
 # live ----------------------------------------------------------------------------------------
 def live_command(args: argparse.Namespace) -> int:
     from avbind.realtime.sources.microphone import MicrophoneSource
@@ -479,6 +488,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     live.add_argument("--seconds", type=_number(above=0), help="stop after this long")
     _add_engine_options(live)
     live.set_defaults(func=_check_engine_options(live, live_command))
+
+    devices = sub.add_parser("devices", help="list the cameras and microphones --video and --audio can open")
+    devices.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    devices.set_defaults(func=devices_command)
 
     listen = sub.add_parser("listen", help="print what an avbind engine publishes")
     listen.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to connect to")

@@ -7,6 +7,7 @@ its pitch, on a continuous timeline. Set-up as in /work/shared/RECIPES.md; CI in
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from avbind_testing import wait_for
+from avbind_testing import avbind_exe, wait_for
 
 from avbind.realtime.sources.base import CollectingSink
 from avbind.realtime.sources.microphone import MicrophoneSource
@@ -185,3 +186,39 @@ def test_engine_runs_an_audio_only_stream_from_the_microphone(pulse_server: str,
     assert [m["step"] for m in steps] == list(range(steps[0]["step"], steps[0]["step"] + len(steps)))
     assert not [m for m in messages if m["type"] == "status" and m["level"] == "error"]
     assert [m for m in messages if m["type"] == "status"][-1]["state"] == "ended"
+
+
+def test_devices_lists_the_pulseaudio_input_by_the_names_the_source_takes(pulse_server: str) -> None:
+    result = subprocess.run([avbind_exe(), "devices", "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = [m["name"] for m in report["microphones"]]
+    assert pulse_server in names and report["microphones_problem"] is None, report
+    assert any(m["default"] for m in report["microphones"])
+    # What it lists opens: the listed index, as --audio mic:INDEX would.
+    index = next(m["index"] for m in report["microphones"] if m["name"] == pulse_server)
+    source = MicrophoneSource(index, sample_rate=MODEL_RATE)
+    sink = CollectingSink()
+    source.start(sink, time.monotonic())
+    try:
+        assert wait_for(lambda: sink.audio, 10.0), sink.statuses
+    finally:
+        source.stop()
+    table = subprocess.run([avbind_exe(), "devices"], capture_output=True, text=True, timeout=60).stdout
+    assert f"{index:>3}  {pulse_server}  (" in table
+
+
+def test_cameras_are_listed_from_video4linux_without_opening_them(tmp_path: Path) -> None:
+    from avbind.realtime.sources.devices import list_cameras
+
+    for node, name, index in (("video0", "Integrated Camera: Integrated C", 0), ("video1", "Integrated Camera", 1),
+                              ("video10", "USB Capture HDMI", 0)):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "name").write_text(name + "\n")
+        (tmp_path / node / "index").write_text(f"{index}\n")
+    cameras, problem = list_cameras(tmp_path)
+    # video1 is the first camera's metadata node (index 1): not a picture source.
+    assert [(c.index, c.path, c.name) for c in cameras] == [
+        (0, "/dev/video0", "Integrated Camera: Integrated C"), (10, "/dev/video10", "USB Capture HDMI")]
+    assert problem is None
+    assert list_cameras(tmp_path / "absent") == ([], "no Video4Linux capture device (/dev/video*) on this machine")

@@ -160,7 +160,7 @@ def test_file_unpaced_matches_decode_media(media_dir: Path, name: str) -> None:
     np.testing.assert_allclose(live, offline.audio[start : start + len(live)], atol=1e-4)
     assert source.counters.as_dict() == {
         "frames": len(offline.frames), "audio_samples": len(offline.audio), "audio_overflows": 0, "errors": 0,
-        "frames_dropped": 0, "reconnects": 0,
+        "frames_dropped": 0, "reconnects": 0, "audio_resyncs": 0,
     }  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from avbind.models.config import ModelConfig
 from avbind.models.data.ave import SEGMENTS, AveDataset, AveVideo
 from avbind.realtime.features.frames import square_resize, to_model_input
 from avbind.realtime.features.log_mel import log_mel
-from avbind.realtime.sources.decode import DecodedMedia, decode_media
+from avbind.realtime.sources.decode import DecodedMedia, MediaError, decode_media
 from avbind.realtime.sync.windows import cut_log_mel_window, frame_index_at, log_mel_window_range, step_times
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,26 @@ def step_audio(media: DecodedMedia, times: np.ndarray, config: ModelConfig) -> t
     return mel.astype(np.float32), first
 
 
+class PreparedVideos(list):
+    """The prepared videos of a set, and the ones that could not be decoded (``skipped``).
+
+    One unreadable file in a thousand must not cost a whole evaluation or training run: it is
+    left out and named, as (video id, reason) pairs, for the caller to report.
+    """
+
+    def __init__(self, videos: list[PreparedVideo] = (), skipped: list[tuple[str, str]] = ()) -> None:
+        super().__init__(videos)
+        self.skipped = list(skipped)
+
+
 def prepare_video(
     video: AveVideo, segment_labels: np.ndarray, config: ModelConfig,
     verb_noun_of_class: dict[int, tuple[int, int]] | None = None,
 ) -> PreparedVideo:
     size = config.video.input_size
     media = decode_media(video.path, config.features.sample_rate, partial(square_resize, size=size))
+    for problem in media.problems:  # decoded, with something survived: say so, keep it
+        log.warning("%s: %s", video.path, problem)
     segments = len(segment_labels)
     times = step_times(segments * SEGMENT_S, config.step_rate_hz)
     frames = media.frames[frame_index_at(media.frame_times, times)]
@@ -111,8 +125,11 @@ def verb_noun_indices(dataset: AveDataset) -> dict[int, tuple[int, int]] | None:
     }
 
 
-def _prepare_one(args: tuple) -> PreparedVideo:
-    return prepare_video(*args)
+def _prepare_one(args: tuple) -> PreparedVideo | tuple[str, str]:
+    try:
+        return prepare_video(*args)
+    except MediaError as err:
+        return args[0].video_id, str(err)
 
 
 def _cache_key(dataset: AveDataset, config: ModelConfig) -> str:
@@ -127,7 +144,7 @@ def _cache_key(dataset: AveDataset, config: ModelConfig) -> str:
         "features": config.features.to_dict(),
         "end_offset_s": config.audio.end_offset_s,
         "window_frames": config.audio.window_frames,
-        "version": 1,
+        "version": 2,  # 2: audio realigned to its timestamps, jumps closed over, cut files kept
     }
     return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -135,20 +152,29 @@ def _cache_key(dataset: AveDataset, config: ModelConfig) -> str:
 def prepare_dataset(
     dataset: AveDataset, config: ModelConfig, cache_dir: str | Path | None = None, workers: int | None = None,
     progress: bool = True,
-) -> list[PreparedVideo]:
-    """Prepared steps of every video, decoded in parallel and cached on disk when ``cache_dir`` is set."""
+) -> PreparedVideos:
+    """Prepared steps of every decodable video, decoded in parallel and cached on disk when ``cache_dir`` is set.
+
+    A video whose media cannot be decoded is skipped, logged and listed in ``.skipped``; if none
+    can be decoded, MediaError.
+    """
     cache = Path(cache_dir) / f"steps-{_cache_key(dataset, config)}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as data:
-            return _unpack(data)
+            prepared = _unpack(data)
+        _report_skipped(prepared.skipped, len(dataset.videos))
+        return prepared
     verb_noun = verb_noun_indices(dataset)
     jobs = [(v, dataset.labels(v), config, verb_noun) for v in dataset.videos]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     from tqdm import tqdm
 
     with ProcessPoolExecutor(max_workers=max(workers, 1)) as pool:
-        prepared = list(tqdm(pool.map(_prepare_one, jobs, chunksize=4), total=len(jobs), desc="decode",
-                             unit="clip", disable=not progress, leave=False))
+        results = list(tqdm(pool.map(_prepare_one, jobs, chunksize=4), total=len(jobs), desc="decode",
+                            unit="clip", disable=not progress, leave=False))
+    prepared = PreparedVideos([r for r in results if isinstance(r, PreparedVideo)],
+                              [r for r in results if not isinstance(r, PreparedVideo)])
+    _report_skipped(prepared.skipped, len(jobs))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp.npz")
@@ -157,11 +183,20 @@ def prepare_dataset(
     return prepared
 
 
+def _report_skipped(skipped: list[tuple[str, str]], total: int) -> None:
+    for video_id, reason in skipped:
+        log.warning("skipped video %s: %s", video_id, reason)
+    if total and len(skipped) == total:
+        raise MediaError(f"none of the {total} videos could be decoded (first: {skipped[0][1]})")
+
+
 _FIELDS = ("frames", "log_mel", "window_first", "labels", "segment_labels", "step_segments", "verbs", "nouns")
 
 
 def _pack(videos: list[PreparedVideo]) -> dict[str, np.ndarray]:
     packed = {"video_ids": np.array([v.video_id for v in videos])}
+    skipped = getattr(videos, "skipped", [])
+    packed["skipped"] = np.array([f"{vid}\t{reason}" for vid, reason in skipped], dtype=str)
     for name in _FIELDS:
         arrays = [getattr(v, name) for v in videos]
         packed[name] = np.concatenate(arrays)
@@ -169,12 +204,14 @@ def _pack(videos: list[PreparedVideo]) -> dict[str, np.ndarray]:
     return packed
 
 
-def _unpack(data: np.lib.npyio.NpzFile) -> list[PreparedVideo]:
+def _unpack(data: np.lib.npyio.NpzFile) -> PreparedVideos:
     parts = {}
     for name in _FIELDS:
         bounds = np.cumsum(data[name + "_lengths"])[:-1]
         parts[name] = np.split(data[name], bounds)
-    return [
+    videos = [
         PreparedVideo(str(vid), *(parts[name][i] for name in _FIELDS))
         for i, vid in enumerate(data["video_ids"])
     ]
+    skipped = [tuple(str(s).split("\t", 1)) for s in data["skipped"]] if "skipped" in data else []
+    return PreparedVideos(videos, skipped)

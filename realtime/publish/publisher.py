@@ -44,7 +44,10 @@ class Publisher:
         self._seq: dict[tuple[str, str], int] = defaultdict(int)
         self._lock = threading.Lock()  # sockets are not thread-safe; the engine may publish from two threads
         self.sent = 0
-        self.dropped = 0  # messages the socket refused at once (never blocks)
+        # Sends ZeroMQ refused outright. Not a subscriber's losses: a PUB socket drops a slow
+        # subscriber's messages at its high-water mark without telling the sender, so those are
+        # counted where they can be, by each subscriber from ``seq`` gaps.
+        self.refused = 0
         self._wall_offset = time.time() - time.monotonic()
 
     def wall(self, monotonic_s: float) -> float:
@@ -65,7 +68,7 @@ class Publisher:
                 self._socket.send_multipart([name.encode(), json.dumps(message).encode()], flags=zmq.NOBLOCK)
                 self.sent += 1
             except zmq.Again:
-                self.dropped += 1
+                self.refused += 1
         return message
 
     def close(self) -> None:

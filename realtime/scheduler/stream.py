@@ -261,6 +261,7 @@ class Stream:
             "frames_evicted": aligner.frames.evicted_unread,
             "frames_dropped": sum(s.counters.frames_dropped for s in self.video_sources),
             "audio_overflows": device_overflows,
+            "audio_resyncs": sum(s.counters.audio_resyncs for s in self.audio_sources),
             "audio_overwritten": aligner.samples.counters.overflow_rows,
             "audio_underruns": aligner.log_mel.counters.underrun_rows,
             "degraded_steps": aligner.degraded_steps,

@@ -68,6 +68,7 @@ class SourceCounters:
     errors: int = 0  # read/decode errors survived
     frames_dropped: int = 0  # video frames decoded too late to be shown in time (decode cannot keep up)
     reconnects: int = 0  # successful reopenings after a failure
+    audio_resyncs: int = 0  # audio realigned to its timestamps (they disagreed with the samples counted)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

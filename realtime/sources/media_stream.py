@@ -6,9 +6,11 @@ start at 0, survive a vanished sender by reconnecting with backoff, and never go
 
 Timeline (``time``, seconds):
 
-* Files: video ``time`` is the frame's PTS (``frame.time``) and audio ``time`` is the first audio
-  frame's PTS plus the samples emitted so far over the sample rate, exactly as ``decode_media``
-  computes them, so the engine cuts a file exactly as offline evaluation does. ``capture`` is
+* Files: times come from a :class:`~avbind.realtime.sources.decode.FileTimeline`, exactly as
+  ``decode_media`` computes them, so the engine cuts a file exactly as offline evaluation does:
+  video ``time`` is the frame's PTS from where the video starts, and audio ``time`` counts
+  samples from the timestamp of the current audio run, realigned to the timestamps whenever the
+  two disagree (a concatenated file's overlaps) and closed over jumps. ``capture`` is
   ``origin + time / speed`` and the thread sleeps until then; with ``speed`` 0 or inf nothing
   waits and ``capture`` is the delivery time.
 * Network: ``time = PTS - base + offset``, with one ``base`` for video and audio (the video
@@ -33,6 +35,14 @@ import av
 import numpy as np
 
 from avbind.realtime.sources.base import AudioChunk, Source, SourceSink, SourceStatus, VideoFrame
+from avbind.realtime.sources.decode import (
+    AUDIO_SLIP_S,
+    CLOCK_JUMP_AHEAD_S,
+    CLOCK_JUMP_BACK_S,
+    AudioRun,
+    FileTimeline,
+    media_origin,
+)
 
 URL_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 # Options that make common protocols behave as a live camera should; the caller's options win.
@@ -41,9 +51,6 @@ PROTOCOL_OPTIONS = {
     "rtsps": {"rtsp_transport": "tcp"},
     "udp": {"overrun_nonfatal": "1"},  # a full socket buffer drops packets instead of ending the stream
 }
-AUDIO_GAP_S = 0.2  # s; audio PTS further than this from the continuous timeline: data was lost
-CLOCK_JUMP_BACK_S = 1.0  # s; a sender clock this far backwards means the sender restarted
-CLOCK_JUMP_AHEAD_S = 10.0  # s; ... or this far forwards
 STOP_WAIT_S = 2.0  # s; longest stop() waits for the thread
 WARNING_INTERVAL_S = 1.0  # s; at most one decode warning per interval, the rest only counted
 # A paced file is delivered in presentation order, not packet order: decoded data is held until
@@ -122,13 +129,8 @@ class _Connection:
     first: bool = True  # the first connection that delivers: its timeline starts at 0
     arrival: float = 0.0  # monotonic s when the first packet arrived (at the latest)
     last_video_pts: float | None = None  # s, raw
-    video_interval: float = 0.0  # s, the last gap between two frames' raw PTS
-    video_shift: float = 0.0  # s, files: taken off video PTS after timestamp jumps, so the timeline stays whole
-    audio_start: float | None = None  # s, stream time of the first sample of the current audio run
-    audio_in_start: float | None = None  # s, raw PTS of that first sample
-    audio_in_samples: int = 0  # decoded samples (input rate) since audio_start
-    audio_emitted: int = 0  # resampled samples delivered since audio_start
-    resampler: av.AudioResampler | None = None
+    timeline: FileTimeline | None = None  # files: their times, as decode_media computes them
+    audio: AudioRun | None = None  # network: the current audio run
     delivered: bool = False
     stats: dict[str, int] = field(default_factory=dict)
     # Paced files: decoded data waiting for its presentation time, as a heap of
@@ -298,6 +300,10 @@ class MediaStreamSource(Source):
         starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
         video_start = starts[0] if video is not None and video.start_time is not None and starts else None
         conn.start_hint = video_start if video_start is not None else (min(starts) if starts else None)
+        if self.is_network:
+            conn.audio = AudioRun(self.sample_rate)
+        else:
+            conn.timeline = FileTimeline(media_origin(streams), self.sample_rate)
         try:
             for packet in container.demux(*streams):
                 if self.stopped:
@@ -330,8 +336,6 @@ class MediaStreamSource(Source):
 
     def _stream_time(self, pts: float, conn: _Connection, origin: float) -> float:
         """Stream time of a raw PTS (seconds) on this connection."""
-        if not self.is_network:  # a file: its own clock, counted from where its video starts
-            return pts - (conn.start_hint or 0.0)
         if conn.base is None:
             hint = conn.start_hint
             conn.base = hint if hint is not None and abs(pts - hint) < CLOCK_JUMP_AHEAD_S else pts
@@ -364,17 +368,18 @@ class MediaStreamSource(Source):
             self._decode_warning(sink, "video frame without timestamp skipped")
             return
         pts = float(frame.time)
-        if conn.last_video_pts is not None:
-            jump = pts - conn.last_video_pts
-            if jump < -CLOCK_JUMP_BACK_S or jump > CLOCK_JUMP_AHEAD_S:
-                if self.is_network:
+        if conn.timeline is not None:  # a file: jumps are closed over (see FileTimeline)
+            t, note = conn.timeline.video(pts)
+            if note:
+                self.counters.errors += 1
+                sink.on_status(SourceStatus("warning", f"{self.name}: {note}"))
+        else:
+            if conn.last_video_pts is not None:
+                jump = pts - conn.last_video_pts
+                if jump < -CLOCK_JUMP_BACK_S or jump > CLOCK_JUMP_AHEAD_S:
                     self._restart_timeline(pts, conn, sink, origin, f"video timestamps jumped by {jump:+.1f} s")
-                else:
-                    self._splice(conn, sink, jump)
-            else:
-                conn.video_interval = jump
-        conn.last_video_pts = pts
-        t = self._stream_time(pts, conn, origin) - conn.video_shift
+            conn.last_video_pts = pts
+            t = self._stream_time(pts, conn, origin)
         if self.paced and time.monotonic() - (origin + t / self.speed) > LATE_FRAME_S:
             # Decoding cannot keep up (a huge picture, a slow machine): skip the colour conversion
             # and catch up, so latency stays bounded instead of growing without end.
@@ -383,18 +388,6 @@ class MediaStreamSource(Source):
             return
         rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
         self._hold(conn, sink, origin, "video", t, t, rgb)
-
-    def _splice(self, conn: _Connection, sink: SourceSink, jump: float) -> None:
-        """A file's video clock jumped (a splice, a concatenation, a broken muxer): close the gap.
-
-        Paced by the raw timestamps, a +1000 s jump would stall the stream for 1000 s, and the
-        audio (whose timeline counts samples) would drift away from the video by the jump. The
-        video continues one frame after its last frame instead, where the audio continues too.
-        """
-        conn.video_shift += jump - conn.video_interval
-        self.counters.errors += 1
-        message = f"{self.name}: video timestamps jumped by {jump:+.1f} s; timeline closed over the jump"
-        sink.on_status(SourceStatus("warning", message))
 
     # -- presentation order ---------------------------------------------------------------------
 
@@ -447,50 +440,67 @@ class MediaStreamSource(Source):
     # -- audio ----------------------------------------------------------------------------------
 
     def _on_audio_frame(self, frame: av.AudioFrame, conn: _Connection, sink: SourceSink, origin: float) -> None:
+        if conn.timeline is not None:
+            self._on_file_audio(frame, conn, sink, origin)
+            return
         pts = float(frame.time) if frame.time is not None else None
-        if conn.audio_start is not None and self.is_network and pts is not None:
-            expected = conn.audio_in_start + conn.audio_in_samples / frame.sample_rate
-            gap = pts - expected
-            if gap < -CLOCK_JUMP_BACK_S or gap > CLOCK_JUMP_AHEAD_S:
-                self._restart_timeline(pts, conn, sink, origin, f"audio timestamps jumped by {gap:+.1f} s")
-            elif abs(gap) > AUDIO_GAP_S:  # lost packets: restart the audio run at the frame's own time
+        run = conn.audio
+        if run.running and pts is not None:
+            slip = run.slip(pts, frame.sample_rate)
+            if slip < -CLOCK_JUMP_BACK_S or slip > CLOCK_JUMP_AHEAD_S:
+                self._restart_timeline(pts, conn, sink, origin, f"audio timestamps jumped by {slip:+.1f} s")
+            elif abs(slip) > AUDIO_SLIP_S:
+                # Lost packets, or a sender whose sample clock drifts from its timestamps: follow the
+                # timestamps. The engine's ring fills the gap with silence or trims the overlap (and
+                # resets the stream only for a gap of over a second), so sync holds without a reset.
                 self._flush_audio(conn, sink, origin)
-                self.counters.errors += 1
-                message = f"{self.name}: audio timeline off by {gap:+.2f} s (lost data); audio realigned"
-                sink.on_status(SourceStatus("warning", message, discontinuity=True))
-        if conn.audio_start is None:
+                self.counters.audio_resyncs += 1
+                what = "misses data" if slip > 0 else "overlaps itself"
+                self._decode_warning(sink, f"audio {what} by {abs(slip):.3f} s; realigned to its timestamps",
+                                     count=False)
+        if not run.running:
             if pts is None:  # no clock of its own: start it with the video
                 pts = conn.last_video_pts if conn.last_video_pts is not None else 0.0
-            conn.audio_start = self._stream_time(pts, conn, origin)
-            conn.audio_in_start, conn.audio_in_samples, conn.audio_emitted = pts, 0, 0
-            conn.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
-        conn.audio_in_samples += frame.samples
+            run.begin(self._stream_time(pts, conn, origin), pts)
         try:
-            out = conn.resampler.resample(frame)
+            out = run.push(frame)
         except ValueError:  # the stream changed format mid-way: a fresh resampler from this frame on
             self._flush_audio(conn, sink, origin)
             self._decode_warning(sink, "audio format changed; audio realigned")
             return
         self._deliver_audio(out, conn, sink, origin)
 
+    def _on_file_audio(self, frame: av.AudioFrame, conn: _Connection, sink: SourceSink, origin: float) -> None:
+        timeline = conn.timeline
+        resyncs = timeline.resyncs
+        try:
+            out, note = timeline.audio_frame(frame)
+        except ValueError:  # the stream changed format mid-way: a fresh resampler from the next frame
+            self._deliver_audio(timeline.end_audio(), conn, sink, origin)
+            self._decode_warning(sink, "audio format changed; audio realigned")
+            return
+        if note and timeline.resyncs > resyncs:
+            self.counters.audio_resyncs += 1
+            self._decode_warning(sink, note, count=False)
+        elif note:  # a jump, closed over
+            self.counters.errors += 1
+            sink.on_status(SourceStatus("warning", f"{self.name}: {note}"))
+        self._deliver_audio(out, conn, sink, origin)
+
     def _flush_audio(self, conn: _Connection, sink: SourceSink, origin: float) -> None:
         """Deliver the resampler's held-back tail and end the current audio run."""
-        if conn.resampler is not None:
-            self._deliver_audio(conn.resampler.resample(None), conn, sink, origin)
-        conn.resampler, conn.audio_start = None, None
+        run = conn.timeline.audio if conn.timeline is not None else conn.audio
+        self._deliver_audio(run.end(), conn, sink, origin)
 
-    def _deliver_audio(self, frames: list[av.AudioFrame], conn: _Connection, sink: SourceSink, origin: float) -> None:
-        for resampled in frames:
-            samples = resampled.to_ndarray().reshape(-1).astype(np.float32, copy=False)  # (n,) mono
-            if not len(samples):
-                continue
-            t = conn.audio_start + conn.audio_emitted / self.sample_rate
-            conn.audio_emitted += len(samples)
+    def _deliver_audio(self, chunks: list[tuple[float, np.ndarray]], conn: _Connection, sink: SourceSink,
+                       origin: float) -> None:
+        for t, samples in chunks:
             self._hold(conn, sink, origin, "audio", t, t + len(samples) / self.sample_rate, samples)
 
-    def _decode_warning(self, sink: SourceSink, problem: str) -> None:
+    def _decode_warning(self, sink: SourceSink, problem: str, count: bool = True) -> None:
         """Count every survived error; report at most one per interval so a broken stream cannot flood the sink."""
-        self.counters.errors += 1
+        if count:
+            self.counters.errors += 1
         now = time.monotonic()
         if now - self._last_warning < WARNING_INTERVAL_S:
             self._suppressed += 1
