@@ -171,8 +171,10 @@ def _steps(summary: str) -> int:
 
 def test_every_input_of_the_corpus_ends_clearly_beside_a_good_stream(corpus: dict[str, tuple[str, str]]) -> None:
     names = [name for name, (_, expected) in corpus.items() if not expected.startswith(REFUSED)]
+    # Unpaced, and no step is ever too old to run: every stream's count of steps is then fixed by its
+    # content, not by how busy the machine is.
     args = [avbind_exe(), "run", "--publish", f"tcp://127.0.0.1:{free_port()}", "--quiet", "--speed", "0",
-            "--reconnect-for-s", "2", "--seconds", "400"]
+            "--max-lag-s", "10000", "--reconnect-for-s", "2", "--seconds", "400"]
     for name in names:
         args += ["--video", corpus[name][0], "--name", name]
     started = time.monotonic()

@@ -428,9 +428,10 @@ def test_synthetic_endless_stream_knows_truth_ahead_and_stops_promptly() -> None
     origin = time.monotonic()
     source.start(sink, origin)
     assert wait_for(lambda: len(sink.frames) >= 5 and len(sink.audio) >= 10, 5.0)
-    began = time.monotonic()
     source.stop()
-    assert time.monotonic() - began < 1.0
+    # Stopped within stop()'s wait, not abandoned at its timeout (a wall-time bound would depend on
+    # the machine's load: the thread may be in the middle of a clip's codec round trip).
+    assert not source._thread.is_alive()
     assert sink.statuses == []
     # Paced at speed 1 from when the first clip was ready (its codec round trip takes a moment).
     offsets = [item.capture - item.time for item in [*sink.frames, *sink.audio]]
