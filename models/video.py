@@ -1,12 +1,15 @@
-"""Video backbone: MobileNetV2 with an online temporal shift in its residual branches.
+"""Video backbone: an inverted-residual CNN with an online temporal shift in its residual branches.
 
-Built from the stage table in :class:`~avbind.models.config.VideoDims` with typed blocks, rather
-than by patching a finished torchvision model, so the clip and step forms are plain methods of the
-same modules and share every weight.
+MobileNetV2 (avbind-s) and EfficientNet-Lite0 (avbind-lite0, ImageNet weights in
+:mod:`avbind.models.pretrained`) are the same blocks from different stage tables in
+:class:`~avbind.models.config.VideoDims`: built with typed blocks, rather than by patching a
+finished model, so the clip and step forms are plain methods of the same modules and share every
+weight.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -17,6 +20,10 @@ from avbind.models.temporal_shift import shift_clip, shift_step
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, for inputs scaled to [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite's weights were trained on (x - 127) / 128 of 8-bit pixels: in [0, 1] units,
+# mean 127/255 and std 128/255 for every channel.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -25,12 +32,27 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
+def same_pad(kernel: int, stride: int) -> nn.Module | None:
+    """TensorFlow's "SAME" padding where it differs from symmetric padding: stride 2 on even sizes.
+
+    Weights trained in TensorFlow (EfficientNet-Lite's) expect the extra row and column at the
+    bottom and right; a fixed ZeroPad2d keeps the graph static for ONNX and TensorRT. Input sizes
+    are multiples of 32, so every strided layer sees an even size.
+    """
+    if stride == 1:
+        return None
+    total = kernel - stride
+    return nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
+
+
 def conv_bn_relu(
     c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1,
-    norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+    norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d, tf_same: bool = False,
 ) -> nn.Sequential:
+    pad = same_pad(kernel, stride) if tf_same else None
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+        *([pad] if pad is not None else []),
+        nn.Conv2d(c_in, c_out, kernel, stride, 0 if pad is not None else kernel // 2, groups=groups, bias=False),
         norm_layer(c_out),
         nn.ReLU6(inplace=True),
     )
@@ -45,7 +67,7 @@ class InvertedResidual(nn.Module):
 
     def __init__(
         self, c_in: int, c_out: int, stride: int, expand: int, shift_div: int,
-        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d, kernel: int = 3, tf_same: bool = False,
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -59,7 +81,7 @@ class InvertedResidual(nn.Module):
         if expand != 1:
             layers.append(conv_bn_relu(c_in, hidden, kernel=1, norm_layer=norm_layer))
         layers += [
-            conv_bn_relu(hidden, hidden, stride=stride, groups=hidden, norm_layer=norm_layer),
+            conv_bn_relu(hidden, hidden, kernel, stride, groups=hidden, norm_layer=norm_layer, tf_same=tf_same),
             nn.Conv2d(hidden, c_out, 1, bias=False),
             norm_layer(c_out),
         ]
@@ -79,24 +101,33 @@ class InvertedResidual(nn.Module):
         shifted, new_state = shift_step(x, state)
         return x + self.branch(shifted), new_state
 
+    def forward_unshifted(self, x: torch.Tensor) -> torch.Tensor:
+        """The block as its image weights were trained: no temporal shift."""
+        return x + self.branch(x) if self.residual else self.branch(x)
+
 
 class VideoBackbone(nn.Module):
     """Frames in [0, 1] -> per-frame feature vector of size ``dims.last_channels``."""
 
-    def __init__(self, dims: VideoDims, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> None:
+    def __init__(self, dims: VideoDims, norm_layer: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         self.dims = dims
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        lite = dims.family == "efficientnet_lite"
+        if norm_layer is None:
+            norm_layer = functools.partial(nn.BatchNorm2d, eps=1e-3) if lite else nn.BatchNorm2d
+        mean, std = (LITE_MEAN, LITE_STD) if lite else (IMAGENET_MEAN, IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         c_in = make_divisible(dims.first_channels * dims.width_mult)
-        self.stem = conv_bn_relu(3, c_in, stride=2, norm_layer=norm_layer)
+        self.stem = conv_bn_relu(3, c_in, stride=2, norm_layer=norm_layer, tf_same=lite)
         blocks = []
-        for expand, channels, repeats, stride in dims.stages:
+        for stage in dims.stages:
+            expand, channels, repeats, stride = stage[:4]
+            kernel = stage[4] if len(stage) > 4 else 3
             c_out = make_divisible(channels * dims.width_mult)
             for i in range(repeats):
-                blocks.append(
-                    InvertedResidual(c_in, c_out, stride if i == 0 else 1, expand, dims.shift_div, norm_layer)
-                )
+                blocks.append(InvertedResidual(c_in, c_out, stride if i == 0 else 1, expand, dims.shift_div,
+                                               norm_layer, kernel=kernel, tf_same=lite))
                 c_in = c_out
         self.blocks = nn.ModuleList(blocks)
         self.head = conv_bn_relu(c_in, dims.last_channels, kernel=1, norm_layer=norm_layer)
@@ -149,3 +180,14 @@ class VideoBackbone(nn.Module):
             x = out[0]
             new_states.extend(out[1:])
         return self.head(x).mean(dim=(2, 3)), new_states
+
+    def forward_unshifted(self, frame: torch.Tensor) -> torch.Tensor:
+        """frame: (N, 3, H, W) -> features (N, last_channels) with no temporal shift anywhere.
+
+        The image network the pretrained weights came from; a still picture fed as a stream gives
+        the same features from the second step on, which is how tests check the loaded weights.
+        """
+        x = self.stem(self._normalize(frame))
+        for block in self.blocks:
+            x = block.forward_unshifted(x)
+        return self.head(x).mean(dim=(2, 3))

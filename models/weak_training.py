@@ -34,7 +34,7 @@ from avbind.models.config import ModelConfig, WeakTrainConfig, get_config
 from avbind.models.data.ave import load_ave
 from avbind.models.data.steps import IGNORE, PreparedVideo, prepare_dataset
 from avbind.models.network import AUDIO, VIDEO, AVBindNet
-from avbind.models.training import TrainState, build_model, modality_dropout_mask, warmup_cosine_lr
+from avbind.models.training import TrainState, build_model, init_backbone, modality_dropout_mask, warmup_cosine_lr
 from avbind.models.weak_supervision import (
     RegionMemoryBank,
     WarmKMeans,
@@ -319,6 +319,7 @@ def train_weak(
     base = get_config(tc.model)
     gated = tc.suppression_weight > 0  # without the filter branch the relevance learns nothing
     model = build_model(replace(base, heads=replace(base.heads, gate_by_relevance=gated)), dataset)
+    init_backbone(model, tc)
     config = model.config
     prepared = prepare_dataset(dataset, config, cache_dir or Path(data_dir) / ".avbind-cache", progress=progress)
     videos = video_level_labels(prepared, config.heads.num_classes, config.heads.num_verbs, config.heads.num_nouns)

@@ -98,9 +98,9 @@ def time_sliding_window(backend: Backend, steps: int = 50, warmup: int = 5, wind
 
 def run_bench(
     model: str | Path, int8_model: str | Path | None = None, checkpoint: str | Path | None = None,
-    batches: tuple[int, ...] = (1, 4), steps: int = 200, threads: int = 0,
+    batches: tuple[int, ...] = (1, 4), steps: int = 200, threads: int = 0, compare: tuple[str | Path, ...] = (),
 ) -> dict:
-    """All figures of one run, as JSON-ready data."""
+    """All figures of one run, as JSON-ready data; ``compare``: other fp32 models timed beside ``model``."""
     report: dict = {"machine": machine(), "model": str(model), "results": {}}
     options = {"intra_op_threads": threads}
     ort = create_backend(model, "onnxruntime", **options)
@@ -116,6 +116,14 @@ def run_bench(
     if checkpoint:
         torch_backend = create_backend(checkpoint, "torch", threads=threads)
         results["baseline: pytorch eager fp32"] = [time_steps(torch_backend, b, max(steps // 2, 20)) for b in batches]
+    report["compared"] = {}
+    for other_path in compare:
+        other = create_backend(other_path, "onnxruntime", **options)
+        label = f"onnxruntime fp32: {other.info.name} at {other.info.input_size} px"
+        results[label] = [time_steps(other, b, steps) for b in batches]
+        best_other = max(r["stream_steps_per_s"] for r in results[label])
+        report["compared"][label] = {"model": str(other_path),
+                                     "streams": int(best_other // other.info.step_rate_hz)}
     fp32 = results["onnxruntime fp32"][0]["p50_ms"]
     window = results["baseline: sliding window (8 frames, onnxruntime fp32)"][0]["p50_ms"]
     ratios = {"sliding_window_over_streaming": window / fp32}
@@ -143,6 +151,8 @@ def format_bench(report: dict) -> str:
         lines.append(f"  {name}: {value:.2f}x")
     cap = report["streams_inference_capacity"]
     lines.append(f"  inference alone keeps up with {cap['streams']} streams at {cap['step_rate_hz']:.0f} steps/s")
+    for label, other in report.get("compared", {}).items():
+        lines.append(f"  {label}: inference alone keeps up with {other['streams']} streams")
     return "\n".join(lines)
 
 

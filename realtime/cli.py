@@ -58,20 +58,20 @@ def _models(args: argparse.Namespace) -> int:
                                "audio_window_s": c.audio_window_s, "step_rate_hz": c.step_rate_hz} for c in configs],
                              indent=2))
             return 0
-        print(f"{'model':<12}{'input':>8}{'mels':>6}{'audio':>8}{'steps':>8}")
+        print(f"{'model':<14}{'input':>8}{'mels':>6}{'audio':>8}{'steps':>8}")
         for c in configs:
             star = "*" if c.name == DEFAULT_CONFIG else " "
-            print(f"{c.name + star:<12}{c.video.input_size:>6}px{c.features.n_mels:>6}{c.audio_window_s:>7.2f}s"
+            print(f"{c.name + star:<14}{c.video.input_size:>6}px{c.features.n_mels:>6}{c.audio_window_s:>7.2f}s"
                   f"{c.step_rate_hz:>6.0f}/s")
         print("* default. `avbind models --cost` adds parameters, MACs per step and state size (needs torch).")
         return 0
-    header = f"{'model':<12}{'params':>9}{'MACs/step':>11}{'state':>24}{'input':>8}{'mels':>6}{'audio':>8}{'steps':>8}"
+    header = f"{'model':<14}{'params':>9}{'MACs/step':>11}{'state':>24}{'input':>8}{'mels':>6}{'audio':>8}{'steps':>8}"
     print(header)
     for s in summaries:
         star = "*" if s.name == DEFAULT_CONFIG else " "
         state = f"{s.state_tensors} tensors {s.state_bytes / 1024:.1f} KiB"
         print(
-            f"{s.name + star:<12}{s.parameters / 1e6:>8.2f}M{s.macs_per_step / 1e6:>10.1f}M{state:>24}"
+            f"{s.name + star:<14}{s.parameters / 1e6:>8.2f}M{s.macs_per_step / 1e6:>10.1f}M{state:>24}"
             f"{s.input_size:>6}px{s.n_mels:>6}{s.audio_window_s:>7.2f}s{s.step_rate_hz:>6.0f}/s"
         )
     print("* default. MACs and state are per stream and step; state is float32.")
@@ -89,7 +89,8 @@ def _bench(args: argparse.Namespace) -> int:
         int8 = int8 or _optional(lambda: shipped(".int8.onnx"))
         if checkpoint is None and not args.no_torch:
             checkpoint = _optional(lambda: shipped(".pt")) if _has_torch() else None
-    report = run_bench(model, int8, checkpoint, batches=tuple(args.batch), steps=args.steps, threads=args.threads)
+    report = run_bench(model, int8, checkpoint, batches=tuple(args.batch), steps=args.steps, threads=args.threads,
+                       compare=tuple(args.compare or ()))
     print(format_bench(report))
     if args.engine_seconds > 0:
         import tempfile
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--int8", type=Path, help="int8 QDQ ONNX model to compare (default: the shipped one)")
     bench.add_argument("--checkpoint", type=Path, help="checkpoint for the PyTorch eager baseline")
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    bench.add_argument("--compare", type=Path, action="append", metavar="MODEL",
+                       help="another fp32 ONNX model to time in the same run (repeatable), e.g. avbind-s beside "
+                            "an exported avbind-lite0")
     bench.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="streams per call to time")
     bench.add_argument("--steps", type=int, default=200, help="timed steps per figure")
     bench.add_argument("--threads", type=int, default=0, help="intra-op threads (0: one per core)")

@@ -44,7 +44,13 @@ def test_bench_reports_backends_and_baselines(small_model: tuple[Path, Path]) ->
 def test_bench_command_writes_json(small_model: tuple[Path, Path], tmp_path: Path) -> None:
     onnx_path, _ = small_model
     out = tmp_path / "bench.json"
+    from avbind.models.weights import default_onnx
+
     subprocess.run([avbind_exe(), "bench", "--model", str(onnx_path), "--no-torch", "--batch", "1", "--steps", "5",
-                    "--out", str(out)], check=True, capture_output=True, timeout=300)
+                    "--compare", str(default_onnx()), "--engine-seconds", "0", "--out", str(out)],
+                   check=True, capture_output=True, timeout=300)
     report = json.loads(out.read_text())
     assert report["model_name"] == "avbind-xs" and "onnxruntime fp32" in report["results"]
+    # Another model timed in the same run, beside the first (figures compared, never asserted).
+    label = "onnxruntime fp32: avbind-s at 128 px"
+    assert [r["batch"] for r in report["results"][label]] == [1] and report["compared"][label]["streams"] >= 0

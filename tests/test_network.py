@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -15,11 +17,15 @@ from avbind.models.network import AVBindNet, InputShapeError  # noqa: E402
 TOLERANCE = 1e-5  # float32, max abs difference
 
 
-# The default model, and a small one with the optional verb/noun heads.
-@pytest.fixture(scope="module", params=["avbind-s", "avbind-xs-verbnoun"])
+# The default model, a small one with the optional verb/noun heads, and the EfficientNet-Lite0
+# backbone (kernels 3 and 5, TensorFlow padding) at 160 px.
+@pytest.fixture(scope="module", params=["avbind-s", "avbind-xs-verbnoun", "avbind-lite0-160"])
 def model(request) -> AVBindNet:
     if request.param == "avbind-xs-verbnoun":
         return calibrated_model(get_config("avbind-xs", num_verbs=5, num_nouns=7))
+    if request.param == "avbind-lite0-160":
+        config = get_config("avbind-lite0")
+        return calibrated_model(replace(config, video=replace(config.video, input_size=160)))
     return calibrated_model(get_config(request.param))
 
 
