@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="make or inspect training data")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     avsynth.add_cli(data_sub)
+    from avbind.models.data.check import add_check_cli  # numpy and csv only: no torch
+
+    add_check_cli(data_sub)
 
     from avbind.export.commands import add_export_cli
     from avbind.models.commands import add_eval_cli, add_train_cli

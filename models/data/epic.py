@@ -105,38 +105,44 @@ class EpicDataset:
                                 f"{', '.join(p.name for p in candidates[1:])})")
 
 
-def _check_header(header: list[str] | None, expected: tuple[str, ...], path: Path) -> None:
+def _column_order(header: list[str] | None, expected: tuple[str, ...], path: Path) -> list[int]:
+    """Where each expected column is in ``header``: any order, extra columns ignored, none missing.
+
+    Exported from a spreadsheet or another tool, the same CSV may come with its columns reordered
+    or one added; what must not happen is a missing column read as another.
+    """
     if header is None:
         raise ValueError(f"{path}: empty file; expected header {','.join(expected)}")
     header = [name.strip() for name in header]
-    if tuple(header) == expected:
-        return
     missing = [name for name in expected if name not in header]
-    unexpected = [name for name in header if name not in expected]
-    problems = []
     if missing:
-        problems.append(f"missing columns {missing}")
-    if unexpected:
-        problems.append(f"unexpected columns {unexpected}")
-    if not problems:
-        problems.append("columns out of order")
-    raise ValueError(f"{path}: {'; '.join(problems)}; expected header {','.join(expected)}")
+        raise ValueError(f"{path}: missing columns {missing}; expected header {','.join(expected)}")
+    return [header.index(name) for name in expected]
 
 
 def _read_rows(path: Path, expected: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) pairs after an exact header check; every later error can point at a line."""
+    """(line number, row) pairs after a header check; every later error can point at a line."""
+    rows, errors = read_rows_collecting(path, expected)
+    if errors:
+        raise ValueError(errors[0])
+    return rows
+
+
+def read_rows_collecting(path: Path, expected: tuple[str, ...]) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
+    """Like :func:`_read_rows`, but a malformed row is reported (``file:line: what``) and skipped."""
+    rows, errors = [], []
     with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets add a BOM
         reader = csv.reader(handle)
-        _check_header(next(reader, None), expected, path)
-        rows = []
+        header = next(reader, None)
+        order = _column_order(header, expected, path)
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue
-            where = f"{path}:{reader.line_num}"
-            if len(row) != len(expected):
-                raise ValueError(f"{where}: expected {len(expected)} fields, got {len(row)}")
-            rows.append((reader.line_num, dict(zip(expected, row, strict=True))))
-    return rows
+            if len(row) != len(header):
+                errors.append(f"{path}:{reader.line_num}: expected {len(header)} fields, got {len(row)}")
+                continue
+            rows.append((reader.line_num, {name: row[i] for name, i in zip(expected, order, strict=True)}))
+    return rows, errors
 
 
 def _int_field(row: dict[str, str], column: str, where: str) -> int:
