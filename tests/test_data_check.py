@@ -119,3 +119,60 @@ def test_the_format_is_detected_from_the_files_present(tmp_path: Path) -> None:
     assert detect_format(tmp_path) == "ave"
     (tmp_path / "avsynth.json").write_text("{}")
     assert detect_format(tmp_path) == "avsynth"
+
+
+# -- the AVE loader on the published files --------------------------------------------------------
+
+
+@needs_ave
+def test_the_ave_loader_reads_the_published_files_as_the_reference_code_counts_them() -> None:
+    from avbind.models.data.ave import load_ave
+
+    counts = {split: len(load_ave(AVE, split, require_media=False).videos) for split in ("train", "val", "test")}
+    assert counts == {"train": 3339, "val": 402, "test": 402}
+    everything = load_ave(AVE, require_media=False)
+    assert len(everything.videos) == 4143 and len({v.video_id for v in everything.videos}) == 4143
+    assert len(everything.class_names) == 28 and everything.class_names[0] == "Church bell"  # reference order
+    twice = [v for v in everything.videos if v.path.stem == "-ccciEuH9FE"]
+    assert sorted(v.category for v in twice) == ["Female speech, woman speaking", "Male speech, man speaking"]
+    zero = next(v for v in everything.videos if v.video_id == "VWi2ENBuTbw")
+    assert zero.events == () and set(everything.labels(zero)) == {everything.background}
+
+
+@needs_ave
+def test_a_stand_in_ave_folder_trains_and_evaluates_end_to_end(tmp_path: Path) -> None:
+    """Real rows (a video labelled twice, the zero-length row), generated media, the zip's layout."""
+    rows = [line for line in (AVE / "Annotations.txt").read_text().splitlines() if line.strip()]
+    wanted = {"-ccciEuH9FE", "VWi2ENBuTbw"}
+    picked = [r for r in rows if r.split("&")[1] in wanted] + [r for r in rows if r.split("&")[1] not in wanted][::700]
+    root = tmp_path / "ave"
+    (root / "AVE_Dataset").mkdir(parents=True)
+    header = "Category&VideoID&Quality&StartTime&EndTime"
+    (root / "Annotations.txt").write_bytes(("\r\n".join([header, *picked]) + "\r\n").encode("utf-8-sig"))
+    (root / "classes_index.txt").write_bytes((AVE / "classes_index.txt").read_bytes())
+    test_ids = {"-ccciEuH9FE", "VWi2ENBuTbw"}
+    others = [r for r in picked if r.split("&")[1] not in test_ids]
+    splits = {"trainSet.txt": others[1:], "valSet.txt": others[:1],
+              "testSet.txt": [r for r in picked if r.split("&")[1] in test_ids]}
+    for name, lines in splits.items():
+        (root / name).write_text("\n".join(lines) + "\n")
+    for k, video_id in enumerate(sorted({r.split("&")[1] for r in picked})):
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x96:rate=10", "-f", "lavfi",
+                        "-i", f"sine=frequency={300 + 50 * k}:sample_rate=16000", "-t", "10", "-c:v", "libx264",
+                        "-pix_fmt", "yuv420p", "-c:a", "aac", str(root / "AVE_Dataset" / f"{video_id}.mp4")],
+                       check=True, timeout=120)
+    check = check_dataset(root)
+    assert check.errors == [] and check.splits["test"].videos == 3 and check.media["missing"] == 0
+    out = tmp_path / "run"
+    trained = subprocess.run([avbind_exe(), "train", "--data", str(root), "--out", str(out), "--config", "avbind-xs",
+                              "--epochs", "1", "--crops-per-video", "1", "--batch-size", "2", "--threads", "2"],
+                             capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    evaluated = subprocess.run([avbind_exe(), "eval", "--checkpoint", str(out / "model.pt"), "--data", str(root),
+                                "--split", "test", "--out", str(tmp_path / "eval")],
+                               capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["videos"] == 3 and report["segments"] == 30 and report["skipped"] == []
+    fusion = report["ablations"]["fusion"]
+    assert 0 <= fusion["offline"]["segment_accuracy"] <= 1 and fusion["stream_offline_agreement"] == 1.0
