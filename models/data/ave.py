@@ -92,10 +92,12 @@ def _read_lines(path: Path) -> list[tuple[str, str, str, int, int]]:
     return rows
 
 
-def _class_names(root: Path, rows: list[tuple[str, str, str, int, int]]) -> tuple[str, ...]:
+def class_names(root: Path, rows: list[tuple], errors: list[str] | None = None) -> tuple[str, ...]:
     """classes.txt (a name a line), else classes_index.txt (``index<TAB>name``), else first appearance.
 
-    First appearance in Annotations.txt is the reference code's class order.
+    First appearance in Annotations.txt (``rows``, category first) is the reference code's class
+    order. A malformed line of classes_index.txt raises, or with ``errors`` given is appended there
+    and skipped (``avbind data check`` reports every one).
     """
     names_file, index_file = root / "classes.txt", root / "classes_index.txt"
     if names_file.is_file():
@@ -107,7 +109,11 @@ def _class_names(root: Path, rows: list[tuple[str, str, str, int, int]]) -> tupl
                 continue
             index, _, name = line.partition("\t")
             if not index.strip().isdigit() or not name.strip():
-                raise ValueError(f"{index_file}:{number}: expected 'index<TAB>name', got {line!r}")
+                problem = f"{index_file}:{number}: expected 'index<TAB>name', got {line!r}"
+                if errors is None:
+                    raise ValueError(problem)
+                errors.append(problem)
+                continue
             indexed[int(index)] = name.strip()
         names = [indexed[i] for i in sorted(indexed)]
         # The reference code's file lists background last (index 28); the event head adds its own.
@@ -125,7 +131,7 @@ def load_ave(root: str | Path, split: str | None = None, require_media: bool = T
     if not annotations.is_file():
         raise FileNotFoundError(f"{annotations}: not found; is {root} an AVE-layout folder?")
     rows = _read_lines(annotations)
-    class_names = _class_names(root, rows)
+    names = class_names(root, rows)
     if split is not None:
         if split not in SPLIT_FILES:
             raise ValueError(f"split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
@@ -133,7 +139,7 @@ def load_ave(root: str | Path, split: str | None = None, require_media: bool = T
         rows = [r for r in rows if (r[0], r[1]) in wanted]
     events: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for category, video_id, _, start, end in rows:
-        if category not in class_names:
+        if category not in names:
             raise ValueError(f"{annotations}: category {category!r} of video {video_id} is not a known class")
         spans = events.setdefault((category, video_id), [])
         if end > start:
@@ -159,4 +165,4 @@ def load_ave(root: str | Path, split: str | None = None, require_media: bool = T
             raise FileNotFoundError(f"{path}: listed in {annotations.name} but missing")
         clip_id = video_id if labelled[video_id] == 1 else f"{video_id}~{category}"
         videos.append(AveVideo(clip_id, category, path, tuple(spans), durations.get(video_id, SEGMENTS)))
-    return AveDataset(root, class_names, tuple(videos), verb_noun)
+    return AveDataset(root, names, tuple(videos), verb_noun)

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from avbind.models.data.ave import HEADER, SEGMENTS, SPLIT_FILES, parse_line
+from avbind.models.data.ave import HEADER, SEGMENTS, SPLIT_FILES, class_names, parse_line
 
 FORMATS = ("ave", "epic", "avsynth")
 AVE_MEDIA_FOLDERS = ("AVE", "AVE_Dataset")
@@ -96,40 +96,19 @@ def _ave_rows(path: Path, report: CheckReport) -> list[tuple[str, str, int, int]
         text = line.strip()
         if not text or text == HEADER:
             continue
-        parts = text.split("&")
         where = f"{path}:{number}"
-        if len(parts) == 5 and parts[3].strip() == parts[4].strip() and parts[3].strip().isdigit():
-            report.warnings.append(f"{where}: zero-length event ({parts[1]}, {parts[3]}-{parts[4]}): "
-                                   f"no segment of it is labelled {parts[0]!r}")
-            rows.append((parts[0], parts[1], int(parts[3]), int(parts[4])))
-            continue
         try:
             category, video_id, _, start, end = parse_line(text, where)
         except ValueError as err:
             report.errors.append(str(err))
             continue
+        if start == end:
+            report.warnings.append(f"{where}: zero-length event ({video_id}, {start}-{end}): "
+                                   f"no segment of it is labelled {category!r}")
         if end > SEGMENTS:
             report.warnings.append(f"{where}: event ends at {end} s, after the clip's {SEGMENTS} s")
         rows.append((category, video_id, start, end))
     return rows
-
-
-def _ave_classes(root: Path, rows: list[tuple[str, str, int, int]], report: CheckReport) -> list[str]:
-    index_file, names_file = root / "classes_index.txt", root / "classes.txt"
-    if index_file.is_file():  # "index<TAB>name", the reference code's order
-        names = {}
-        for number, line in enumerate(index_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
-            if not line.strip():
-                continue
-            index, _, name = line.partition("\t")
-            if not index.strip().isdigit() or not name.strip():
-                report.errors.append(f"{index_file}:{number}: expected 'index<TAB>name', got {line!r}")
-                continue
-            names[int(index)] = name.strip()
-        return [names[i] for i in sorted(names)]
-    if names_file.is_file():
-        return [n.strip() for n in names_file.read_text(encoding="utf-8-sig").splitlines() if n.strip()]
-    return sorted({r[0] for r in rows})
 
 
 def check_ave(root: Path, annotations_only: bool = False) -> CheckReport:
@@ -139,7 +118,7 @@ def check_ave(root: Path, annotations_only: bool = False) -> CheckReport:
         report.errors.append(f"{annotations}: not found")
         return report
     rows = _ave_rows(annotations, report)
-    classes = _ave_classes(root, rows, report)
+    classes = class_names(root, rows, report.errors)
     # A clip is a (category, video id) pair: AVE labels 45 of its videos twice (male and female
     # speech over the same 10 s, say), and the reference code scores each pair as its own clip.
     # Several rows of one pair are several events of one clip (avsynth's long clips).
@@ -188,8 +167,21 @@ def _ave_counts(clips: list[tuple[str, str]]) -> SplitCounts:
 # -- EPIC-KITCHENS-100 --------------------------------------------------------------------------
 
 
+def _read_csv(path: Path, columns: tuple[str, ...], report: CheckReport) -> list[tuple[int, dict[str, str]]] | None:
+    """The good rows of an EPIC CSV; its bad rows, or a header it cannot be read by, go to ``report``."""
+    from avbind.models.data.epic import read_rows_collecting
+
+    try:
+        rows, errors = read_rows_collecting(path, columns)
+    except ValueError as err:
+        report.errors.append(str(err))
+        return None
+    report.errors += errors
+    return rows
+
+
 def check_epic(annotations: Path, videos: str | Path | None = None, annotations_only: bool = False) -> CheckReport:
-    from avbind.models.data.epic import ANNOTATION_COLUMNS, CLASS_COLUMNS, _parse_action, read_rows_collecting
+    from avbind.models.data.epic import ANNOTATION_COLUMNS, CLASS_COLUMNS, _parse_action
 
     report = CheckReport("epic")
     names: dict[str, list[str]] = {}
@@ -198,12 +190,9 @@ def check_epic(annotations: Path, videos: str | Path | None = None, annotations_
         if not path.is_file():
             report.errors.append(f"{path}: not found: {kind} ids cannot be checked")
             continue
-        try:
-            rows, errors = read_rows_collecting(path, CLASS_COLUMNS)
-        except ValueError as err:
-            report.errors.append(str(err))
+        rows = _read_csv(path, CLASS_COLUMNS, report)
+        if rows is None:
             continue
-        report.errors += errors
         by_id = {}
         for line, row in rows:
             if not row["id"].strip().isdigit():
@@ -221,12 +210,9 @@ def check_epic(annotations: Path, videos: str | Path | None = None, annotations_
         if path is None:
             report.warnings.append(f"{annotations}: no {split} annotations ({' or '.join(candidates)})")
             continue
-        try:
-            rows, errors = read_rows_collecting(path, ANNOTATION_COLUMNS)
-        except ValueError as err:
-            report.errors.append(str(err))
+        rows = _read_csv(path, ANNOTATION_COLUMNS, report)
+        if rows is None:
             continue
-        report.errors += errors
         counts, ids, seen = SplitCounts(), set(), set()
         verbs: Counter[str] = Counter()
         for line, row in rows:
@@ -265,14 +251,9 @@ def _epic_durations(path: Path, report: CheckReport) -> dict[str, float]:
     if not path.is_file():
         report.warnings.append(f"{path}: not found: annotation times are not checked against video lengths")
         return {}
-    from avbind.models.data.epic import read_rows_collecting
-
-    try:
-        rows, errors = read_rows_collecting(path, ("video_id", "duration", "fps", "resolution"))
-    except ValueError as err:
-        report.errors.append(str(err))
+    rows = _read_csv(path, ("video_id", "duration", "fps", "resolution"), report)
+    if rows is None:
         return {}
-    report.errors += errors
     durations = {}
     for line, row in rows:
         try:
