@@ -97,4 +97,4 @@ def avsynth_calibration_streams(data_dir: str | Path, config: ModelConfig, clips
 
     dataset = load_ave(data_dir, "val")
     videos = prepare_dataset(dataset, config, Path(data_dir) / ".avbind-cache", progress=False)[:clips]
-    return [video.stream_steps(config) for video in videos]
+    return [list(video.stream_steps(config)) for video in videos]

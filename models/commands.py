@@ -44,11 +44,72 @@ def default_localization_data() -> Path:
     return root
 
 
+def add_dataset_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--data / --format / --annotations / --videos / --cache, the same on every command."""
+    from avbind.models.data.dataset import FORMATS
+
+    p.add_argument("--data", type=Path, help=f"data set folder, format detected from its files (default: {what})")
+    p.add_argument("--format", choices=FORMATS, help="force the data set's format")
+    p.add_argument("--annotations", type=Path, help="EPIC-KITCHENS-100 / EPIC-SOUNDS: the folder of its CSVs")
+    p.add_argument("--videos", type=Path,
+                   help="EPIC: the videos root, <participant>/videos/<video_id>.MP4 or <participant>/<video_id>.MP4")
+    p.add_argument("--cache", type=Path, help="prepared-features folder (default: .avbind-cache beside the media)")
+
+
+def dataset_from_args(args: argparse.Namespace, split: str | None, default=None):
+    """The data set the options name (``default()`` gives a folder when none is named)."""
+    from avbind.models.data.dataset import open_dataset
+
+    if args.data is None and args.annotations is None:
+        if default is None:
+            raise SystemExit("give a data set: --data DIR, or --annotations DIR --videos DIR for EPIC")
+        return open_dataset(default(), split)
+    return open_dataset(args.data, split, args.format, args.annotations, args.videos)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from avbind.models.config import get_config
+    from avbind.models.data.steps import prepare_dataset
+
+    config = get_config(args.config)
+    if args.input_size:
+        config = replace(config, video=replace(config.video, input_size=args.input_size))
+    splits = ("train", "val", "test") if args.split == "all" else (args.split,)
+    for split in splits:
+        try:
+            dataset = dataset_from_args(args, split)
+        except (FileNotFoundError, ValueError) as err:
+            if args.split != "all":
+                raise
+            print(f"{split}: not prepared ({err})")
+            continue
+        videos = prepare_dataset(dataset, config, args.cache, workers=args.workers, progress=not args.quiet)
+        steps = sum(len(v.labels) for v in videos)
+        print(f"{split}: {len(videos)} videos prepared ({steps} steps at {config.step_rate_hz:g}/s, "
+              f"{config.video.input_size} px), {len(videos.skipped)} skipped")
+        for video_id, reason in videos.skipped:
+            print(f"  skipped {video_id}: {reason}")
+    return 0
+
+
+def add_prepare_cli(data_sub: argparse._SubParsersAction) -> None:
+    p = data_sub.add_parser("prepare", help="decode a data set once into per-step frames and log-mel on disk")
+    add_dataset_options(p, "none")
+    p.add_argument("--split", default="all", choices=("train", "val", "test", "all"))
+    p.add_argument("--config", default="avbind-s",
+                   help="the model configuration whose input size, step rate and audio features to prepare for")
+    p.add_argument("--input-size", type=int, help="frame size in pixels (default: the configuration's)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_prepare)
+
+
 def _train(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in
              ("epochs", "crop_steps", "crops_per_video", "batch_size", "lr", "seed", "threads")
              if getattr(args, name) is not None}
-    data = args.data or default_data()
     if args.no_pretrained:
         given["pretrained"] = False
     backbone = {"freeze_backbone": args.freeze_backbone, "freeze_bn": args.freeze_bn,
@@ -65,6 +126,9 @@ def _train(args: argparse.Namespace) -> int:
 
         if args.crop_epochs is not None:
             given["crop_epochs"] = args.crop_epochs
+        if args.format or args.annotations or args.device:
+            raise SystemExit("avbind train --weak: trains on AVE-layout folders (--data) on the CPU")
+        data = args.data or default_data()
         config = WeakTrainConfig(model=args.config, **given)
         if args.ablation:
             results = run_weak_ablation(data, args.localization_data or default_localization_data(), args.out, config)
@@ -79,7 +143,9 @@ def _train(args: argparse.Namespace) -> int:
         from avbind.models.training import train
 
         config = TrainConfig(model=args.config, modalities=tuple(args.modalities), **given, **backbone)
-        path = train(data, args.out, config, resume=args.resume)
+        dataset = dataset_from_args(args, "train", default_data)
+        path = train(dataset, args.out, config, resume=args.resume, cache_dir=args.cache, device=args.device,
+                     workers=args.workers)
     print(f"trained model: {path}")
     return 0
 
@@ -87,14 +153,14 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from avbind.models.evaluation import evaluate, evaluate_model_file, format_report
 
-    data = args.data or default_data()
+    data = dataset_from_args(args, args.split, default_data)
     if args.model:
-        report = evaluate_model_file(args.model, data, args.split, args.backend)
+        report = evaluate_model_file(args.model, data, args.split, args.backend, cache_dir=args.cache)
     else:
         from avbind.models.weights import default_checkpoint
 
         report = evaluate(args.checkpoint or default_checkpoint(), data, args.split, args.out,
-                          streaming=not args.no_streaming)
+                          streaming=not args.no_streaming, cache_dir=args.cache, device=args.device)
     print(format_report(report))
     if args.localization:
         from avbind.models.localization import evaluate_localization
@@ -119,8 +185,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 def add_train_cli(subparsers: argparse._SubParsersAction) -> None:
     defaults = asdict(TrainConfig())
-    p = subparsers.add_parser("train", help="train a model on an AVE-layout folder (default: avsynth)")
-    p.add_argument("--data", type=Path, help="AVE-layout folder (default: generate avsynth in the cache)")
+    p = subparsers.add_parser("train", help="train a model on AVE, EPIC-KITCHENS-100, EPIC-SOUNDS or avsynth")
+    add_dataset_options(p, "generate avsynth in the cache")
+    p.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, help="CUDA: processes reading batches from the cache (default 4)")
     p.add_argument("--out", type=Path, default=Path("runs/avbind-s"), help="checkpoint folder")
     p.add_argument("--config", default=defaults["model"], help="model configuration (see `avbind models`)")
     weak = asdict(WeakTrainConfig())
@@ -160,7 +228,8 @@ def add_eval_cli(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--model", type=Path, help="exported model file (ONNX, int8 ONNX, engine): streaming only")
     p.add_argument("--backend", default="onnxruntime", choices=("auto", "onnxruntime", "tensorrt"),
                    help="runtime backend for --model")
-    p.add_argument("--data", type=Path, help="AVE-layout folder (default: avsynth in the cache)")
+    add_dataset_options(p, "avsynth in the cache")
+    p.add_argument("--device", help="--checkpoint: auto (CUDA when present, the default), cpu, cuda or cuda:N")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", type=Path, help="folder for eval.json and confusion-matrix PNGs")
     p.add_argument("--no-streaming", action="store_true", help="skip the step-by-step streaming run")

@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     from avbind.models.data.check import add_check_cli  # numpy and csv only: no torch
 
     add_check_cli(data_sub)
+    from avbind.models.commands import add_prepare_cli  # torch-free: prepares with numpy and PyAV
+
+    add_prepare_cli(data_sub)
 
     from avbind.export.commands import add_export_cli
     from avbind.models.commands import add_eval_cli, add_train_cli

@@ -135,7 +135,7 @@ def test_prepared_steps_follow_the_timestamp_rules(tiny_set: Path, tmp_path: Pat
     dataset = load_ave(tiny_set, "val")
     prepared = prepare_dataset(dataset, config, tmp_path / "cache", workers=1, progress=False)
     cached = prepare_dataset(dataset, config, tmp_path / "cache", progress=False)
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    assert len(list((tmp_path / "cache").glob("features-*/*/meta.json"))) == len(dataset.videos)  # once each
     video, again = prepared[0], cached[0]
     for name in ("frames", "log_mel", "window_first", "labels", "verbs", "nouns"):
         assert np.array_equal(getattr(video, name), getattr(again, name)), name
@@ -149,7 +149,8 @@ def test_prepared_steps_follow_the_timestamp_rules(tiny_set: Path, tmp_path: Pat
     assert inputs["log_mel"].shape == (5, config.audio.window_frames, config.features.n_mels)
     first, stop = log_mel_window_range(steps[40], config.features, config.audio.window_frames,
                                        config.audio.end_offset_s, media.audio_start)
-    np.testing.assert_allclose(inputs["log_mel"][0], log_mel(media.audio, config.features)[first:stop], atol=1e-5)
+    # float16 on disk: within half a float16 step of the float32 log-mel (|values| < 32: 0.008)
+    np.testing.assert_allclose(inputs["log_mel"][0], log_mel(media.audio, config.features)[first:stop], atol=0.01)
     assert np.array_equal(video.labels, dataset.labels(dataset.videos[0])[video.step_segments])
     background = len(dataset.class_names)
     assert np.all((video.verbs == -100) == (video.labels == background))

@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
+from avbind.models.data.dataset import IGNORE, SEGMENT_S, Clip, StepTargets
 
 HEADER = "Category&VideoID&Quality&StartTime&EndTime"
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
@@ -51,6 +54,39 @@ class AveDataset:
     videos: tuple[AveVideo, ...]
     # class name -> (verb, noun), where the data defines one (avsynth does; AVE does not)
     class_verb_noun: dict[str, tuple[str, str]] | None = None
+    format: str = "ave"
+
+    @property
+    def cache_home(self) -> Path:
+        return self.root / ".avbind-cache"
+
+    def clips(self) -> list[Clip]:
+        """Each clip whole: AVE's are ten seconds; a video labelled twice is two clips of one file."""
+        return [Clip(v.video_id, v.path, 0.0, float(v.duration_s)) for v in self.videos]
+
+    def targets(self, clip: Clip, times: np.ndarray) -> StepTargets:
+        """Each step takes its one-second segment's label (AVE's reference code scores segments)."""
+        video = self._by_id[clip.clip_id]
+        segment_labels = self.labels(video)
+        step_segments = np.minimum((np.asarray(times) // SEGMENT_S).astype(np.int64), len(segment_labels) - 1)
+        labels = segment_labels[step_segments]
+        verbs = np.full(len(times), IGNORE, np.int64)
+        nouns = np.full(len(times), IGNORE, np.int64)
+        for i, label in enumerate(labels):
+            if int(label) in self._verb_noun_of_class:
+                verbs[i], nouns[i] = self._verb_noun_of_class[int(label)]
+        return StepTargets(labels, verbs, nouns, segment_labels, step_segments)
+
+    @cached_property
+    def _by_id(self) -> dict[str, AveVideo]:
+        return {v.video_id: v for v in self.videos}
+
+    @cached_property
+    def _verb_noun_of_class(self) -> dict[int, tuple[int, int]]:
+        """class index -> (verb index, noun index), where the data has them."""
+        verbs, nouns = self.verbs, self.nouns
+        return {self.class_names.index(name): (verbs.index(v), nouns.index(n))
+                for name, (v, n) in (self.class_verb_noun or {}).items()}
 
     @property
     def background(self) -> int:
@@ -165,4 +201,4 @@ def load_ave(root: str | Path, split: str | None = None, require_media: bool = T
             raise FileNotFoundError(f"{path}: listed in {annotations.name} but missing")
         clip_id = video_id if labelled[video_id] == 1 else f"{video_id}~{category}"
         videos.append(AveVideo(clip_id, category, path, tuple(spans), durations.get(video_id, SEGMENTS)))
-    return AveDataset(root, names, tuple(videos), verb_noun)
+    return AveDataset(root, names, tuple(videos), verb_noun, "avsynth" if meta.is_file() else "ave")

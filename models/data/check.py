@@ -20,11 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from avbind.models.data.ave import HEADER, SEGMENTS, SPLIT_FILES, class_names, parse_line
+from avbind.models.data.dataset import EPIC_SPLIT_FILES, FORMATS, detect_format
 
-FORMATS = ("ave", "epic", "avsynth")
 AVE_MEDIA_FOLDERS = ("AVE", "AVE_Dataset")
-EPIC_SPLIT_FILES = {"train": ("EPIC_100_train.csv", "EPIC_100_uda_source_train.csv"),
-                    "validation": ("EPIC_100_validation.csv",)}
 EPIC_VIDEO_INFO = "EPIC_100_video_info.csv"
 
 
@@ -55,19 +53,6 @@ class CheckReport:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def detect_format(root: str | Path) -> str:
-    """The format of the data set at ``root``, from the files present; ValueError says what was looked for."""
-    root = Path(root)
-    if (root / "avsynth.json").is_file():
-        return "avsynth"
-    if (root / "Annotations.txt").is_file():
-        return "ave"
-    if any((root / name).is_file() for names in EPIC_SPLIT_FILES.values() for name in names):
-        return "epic"
-    raise ValueError(f"{root}: no data set found (looked for avsynth.json, AVE's Annotations.txt, "
-                     f"EPIC-KITCHENS-100's {', '.join(n for names in EPIC_SPLIT_FILES.values() for n in names)})")
-
-
 def check_dataset(
     data: str | Path, format: str | None = None, videos: str | Path | None = None, annotations_only: bool = False,
 ) -> CheckReport:
@@ -80,6 +65,10 @@ def check_dataset(
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if format == "epic":
         return check_epic(data, videos, annotations_only)
+    if format == "epic-sounds":
+        from avbind.models.data.epic_sounds import check_epic_sounds
+
+        return check_epic_sounds(data, videos, annotations_only)
     report = check_ave(data, annotations_only)
     report.format = format
     return report
@@ -205,7 +194,8 @@ def check_epic(annotations: Path, videos: str | Path | None = None, annotations_
     report.verbs, report.nouns = len(names.get("verb", [])), len(names.get("noun", []))
     durations = _epic_durations(annotations / EPIC_VIDEO_INFO, report)
     participants: dict[str, str] = {}
-    for split, candidates in EPIC_SPLIT_FILES.items():
+    for key, candidates in EPIC_SPLIT_FILES.items():
+        split = {"val": "validation"}.get(key, key)  # as the data set names its files
         path = next((annotations / n for n in candidates if (annotations / n).is_file()), None)
         if path is None:
             report.warnings.append(f"{annotations}: no {split} annotations ({' or '.join(candidates)})")

@@ -1,4 +1,4 @@
-"""EPIC-Kitchens-100 on disk: action CSVs, class-name CSVs and ``<participant>/videos/<video>.MP4``.
+"""EPIC-Kitchens-100 on disk: action CSVs, class-name CSVs and ``<participant>/[videos/]<video>.MP4``.
 
 EPIC labels are untrimmed actions (start/stop times, a verb and a noun) inside long videos, not
 whole clips, so each model step takes the verb and noun of the action running at its time. Steps
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from avbind.models.config import ModelConfig
+from avbind.models.data.dataset import Clip, StepTargets
 from avbind.models.data.steps import IGNORE, SEGMENT_S, PreparedVideo, step_audio
 from avbind.realtime.features.frames import square_resize
 from avbind.realtime.sources.decode import decode_media
@@ -58,12 +59,56 @@ class EpicAction:
     noun_class: int
 
 
+CONTEXT_S = 2.0  # s decoded after a video's last annotated action (its end is scored, then background)
+
+
 @dataclass(frozen=True)
 class EpicDataset:
-    root: Path  # videos root: <root>/<participant_id>/videos/<video_id>.MP4
+    """EPIC-KITCHENS-100 through the data-set interface (:mod:`avbind.models.data.dataset`).
+
+    Event classes are the verbs (plus background between actions); the verb and noun heads are
+    trained on the same steps, and the action prior counts (verb, noun) pairs of the training steps.
+    A clip is a video from its start (the stream's state builds up as it would live) to
+    ``CONTEXT_S`` after its last annotated action.
+    """
+
+    root: Path  # videos root: <root>/<participant_id>/[videos/]<video_id>.MP4
     verb_names: tuple[str, ...]  # index = verb_class
     noun_names: tuple[str, ...]  # index = noun_class
     actions: tuple[EpicAction, ...]  # in CSV order
+    format: str = "epic"
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.verb_names
+
+    @property
+    def verbs(self) -> tuple[str, ...]:
+        return self.verb_names
+
+    @property
+    def nouns(self) -> tuple[str, ...]:
+        return self.noun_names
+
+    @property
+    def cache_home(self) -> Path:
+        return self.root / ".avbind-cache"
+
+    def clips(self) -> list[Clip]:
+        return [Clip(video_id, self.video_path(video_id), 0.0,
+                     max(a.stop_s for a in self.actions_of(video_id)) + CONTEXT_S)
+                for video_id in self.videos()]
+
+    def targets(self, clip: Clip, times: np.ndarray) -> StepTargets:
+        """Verb and noun of the action covering each step (see :func:`step_labels`), and each
+        annotated action as one scored segment: the steps from its start to its stop; an action
+        shorter than a step is scored on the first step at or after its start."""
+        actions = self.actions_of(clip.clip_id)
+        verbs, nouns = step_labels(actions, times)
+        labels = np.where(verbs == IGNORE, self.background, verbs).astype(np.int64)
+        segment_labels, step_segments = _segments(labels, times, self.background)
+        return StepTargets(labels, verbs, nouns, segment_labels, step_segments,
+                           scored_segments(actions, times, lambda a: (a.verb_class, a.verb_class, a.noun_class)))
 
     @cached_property
     def _by_video(self) -> dict[str, tuple[EpicAction, ...]]:
@@ -96,8 +141,10 @@ class EpicDataset:
         actions = self.actions_of(video_id)
         if not actions:
             raise KeyError(f"video {video_id!r} has no annotated actions in this dataset")
-        folder = self.root / actions[0].participant_id / "videos"
-        candidates = [folder / f"{video_id}{suffix}" for suffix in VIDEO_SUFFIXES]
+        participant = self.root / actions[0].participant_id
+        # As the download scripts lay them out: <participant>/videos/<id>.MP4 or <participant>/<id>.MP4
+        candidates = [folder / f"{video_id}{suffix}" for folder in (participant / "videos", participant)
+                      for suffix in VIDEO_SUFFIXES]
         for path in candidates:
             if path.is_file():
                 return path
@@ -189,12 +236,14 @@ def _parse_action(row: dict[str, str], where: str) -> EpicAction:
 def load_epic(
     annotations_csv: str | Path, videos_root: str | Path,
     verb_classes_csv: str | Path | None = None, noun_classes_csv: str | Path | None = None,
+    require_media: bool = False,
 ) -> EpicDataset:
     """Actions of one EPIC-100 annotation CSV, checked row by row; errors name the file and line.
 
     Without class files the names are ``verb_<id>``/``noun_<id>`` up to the largest id seen, so head
     sizes still cover every label (but differ between splits: pass the class files for training).
-    Video files are not checked here (a subset may be downloaded); :meth:`EpicDataset.video_path` does.
+    With ``require_media`` every annotated video must be on disk (FileNotFoundError names the first
+    missing one); otherwise :meth:`EpicDataset.video_path` checks when a video is used.
     """
     annotations_csv = Path(annotations_csv)
     class_files = {"verb": verb_classes_csv, "noun": noun_classes_csv}
@@ -220,7 +269,11 @@ def load_epic(
         actions.append(action)
     verb_names = known.get("verb") or _numbered("verb", [a.verb_class for a in actions])
     noun_names = known.get("noun") or _numbered("noun", [a.noun_class for a in actions])
-    return EpicDataset(Path(videos_root), verb_names, noun_names, tuple(actions))
+    dataset = EpicDataset(Path(videos_root), verb_names, noun_names, tuple(actions))
+    if require_media:
+        for video_id in dataset.videos():
+            dataset.video_path(video_id)
+    return dataset
 
 
 def _numbered(kind: str, ids: list[int]) -> tuple[str, ...]:
@@ -243,6 +296,24 @@ def step_labels(actions: Iterable[EpicAction], times: np.ndarray) -> tuple[np.nd
         verbs[covered] = action.verb_class
         nouns[covered] = action.noun_class
     return verbs, nouns
+
+
+def scored_segments(actions: Iterable, times: np.ndarray, classes) -> np.ndarray:
+    """(A, 5) [first step, stop step, event, verb, noun] of each annotated segment with a step.
+
+    A segment covers the steps with ``start_s <= t < stop_s``; one shorter than a step gets the
+    first step at or after its start (the first prediction that has seen it begin). A segment past
+    the last step (media shorter than its annotations) is left out.
+    """
+    times = np.asarray(times, dtype=np.float64) + EPSILON_S
+    rows = []
+    for a in actions:
+        first = int(np.searchsorted(times, a.start_s, side="left"))
+        if first >= len(times):
+            continue
+        stop = max(int(np.searchsorted(times, a.stop_s, side="left")), first + 1)
+        rows.append([first, stop, *classes(a)])
+    return np.asarray(rows, np.int64).reshape(-1, 5)
 
 
 def _segments(labels: np.ndarray, times: np.ndarray, background: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,19 +7,17 @@ evaluation and int8 calibration with ONNX Runtime use it too.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from avbind.models.config import ModelConfig
-from avbind.models.data.ave import SEGMENTS, AveDataset, AveVideo
+from avbind.models.data.ave import AveVideo
+from avbind.models.data.dataset import IGNORE, SEGMENT_S, DataSet
 from avbind.realtime.features.frames import square_resize, to_model_input
 from avbind.realtime.features.log_mel import log_mel
 from avbind.realtime.sources.decode import DecodedMedia, MediaError, decode_media
@@ -27,8 +25,6 @@ from avbind.realtime.sync.windows import cut_log_mel_window, frame_index_at, log
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100  # label value that losses skip (e.g. verb/noun of a background step)
-SEGMENT_S = 1.0  # s: AVE segment length
 
 
 @dataclass
@@ -42,13 +38,25 @@ class PreparedVideo:
     step_segments: np.ndarray  # (T,) int64: the segment each step falls in
     verbs: np.ndarray  # (T,) int64, IGNORE where there is no verb
     nouns: np.ndarray  # (T,) int64, IGNORE where there is no noun
+    # (A, 5) annotated segments scored one prediction each: [first step, stop step, event, verb, noun]
+    actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.int64))
+    start_s: float = 0.0  # s, time of the first step
 
     def windows(self, start: int, stop: int, window_frames: int, floor_value: float) -> np.ndarray:
-        """(stop - start, window_frames, n_mels) log-mel windows of steps [start, stop)."""
-        return np.stack([
-            cut_log_mel_window(self.log_mel, int(f), int(f) + window_frames, floor_value)
-            for f in self.window_first[start:stop]
-        ])
+        """(stop - start, window_frames, n_mels) log-mel windows of steps [start, stop).
+
+        The log-mel may be on disk (:class:`~avbind.models.data.cache.DiskArray`): the stretch the
+        windows cover is read once, as float32.
+        """
+        firsts = self.window_first[start:stop]
+        n_mels = self.log_mel.shape[1]
+        if not len(firsts):
+            return np.zeros((0, window_frames, n_mels), np.float32)
+        lo = max(int(firsts.min()), 0)
+        hi = max(min(int(firsts.max()) + window_frames, len(self.log_mel)), lo)
+        span = np.asarray(self.log_mel[lo:hi], dtype=np.float32)
+        return np.stack([cut_log_mel_window(span, int(f) - lo, int(f) - lo + window_frames, floor_value)
+                         for f in firsts])
 
     def step_inputs(self, start: int, stop: int, config: ModelConfig) -> dict[str, np.ndarray]:
         """Model inputs for steps [start, stop): frames (T, 3, S, S) float32, log-mel windows."""
@@ -58,15 +66,16 @@ class PreparedVideo:
             "log_mel": self.windows(start, stop, config.audio.window_frames, floor_value),
         }
 
-    def stream_steps(self, config: ModelConfig, mask: tuple[float, float] = (1.0, 1.0)) -> list[dict[str, np.ndarray]]:
-        """The video as a runtime backend sees it: one batch-of-1 input dict per step, in order."""
-        inputs = self.step_inputs(0, len(self.labels), config)
+    def stream_steps(self, config: ModelConfig, mask: tuple[float, float] = (1.0, 1.0),
+                     chunk: int = 256) -> Iterator[dict[str, np.ndarray]]:
+        """The video as a runtime backend sees it: one batch-of-1 input dict per step, in order
+        (read ``chunk`` steps at a time, so an hour-long video streams in bounded memory)."""
         modality_mask = np.asarray([mask], dtype=np.float32)
-        return [
-            {"frame": inputs["frame"][i : i + 1], "log_mel": inputs["log_mel"][i : i + 1],
-             "modality_mask": modality_mask}
-            for i in range(len(self.labels))
-        ]
+        for start in range(0, len(self.labels), chunk):
+            inputs = self.step_inputs(start, min(start + chunk, len(self.labels)), config)
+            for i in range(len(inputs["frame"])):
+                yield {"frame": inputs["frame"][i : i + 1], "log_mel": inputs["log_mel"][i : i + 1],
+                       "modality_mask": modality_mask}
 
 
 def step_audio(media: DecodedMedia, times: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -115,103 +124,35 @@ def prepare_video(
                          segment_labels, step_segments, verbs, nouns)
 
 
-def verb_noun_indices(dataset: AveDataset) -> dict[int, tuple[int, int]] | None:
-    if not dataset.class_verb_noun:
-        return None
-    verbs, nouns = dataset.verbs, dataset.nouns
-    return {
-        dataset.class_names.index(name): (verbs.index(v), nouns.index(n))
-        for name, (v, n) in dataset.class_verb_noun.items()
-    }
-
-
-def _prepare_one(args: tuple) -> PreparedVideo | tuple[str, str]:
-    try:
-        return prepare_video(*args)
-    except MediaError as err:
-        return args[0].video_id, str(err)
-
-
-def _cache_key(dataset: AveDataset, config: ModelConfig) -> str:
-    relevant = {
-        # A clip's length only where it is not AVE's 10 s, so that caches of 10 s sets keep their keys.
-        "videos": [
-            (v.video_id, v.events, v.path.stat().st_size, *([v.duration_s] if v.duration_s != SEGMENTS else []))
-            for v in dataset.videos
-        ],
-        "input_size": config.video.input_size,
-        "step_rate_hz": config.step_rate_hz,
-        "features": config.features.to_dict(),
-        "end_offset_s": config.audio.end_offset_s,
-        "window_frames": config.audio.window_frames,
-        "version": 2,  # 2: audio realigned to its timestamps, jumps closed over, cut files kept
-    }
-    return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def prepare_dataset(
-    dataset: AveDataset, config: ModelConfig, cache_dir: str | Path | None = None, workers: int | None = None,
+    dataset: DataSet, config: ModelConfig, cache_dir: str | Path | None = None, workers: int | None = None,
     progress: bool = True,
 ) -> PreparedVideos:
-    """Prepared steps of every decodable video, decoded in parallel and cached on disk when ``cache_dir`` is set.
+    """Every decodable clip of ``dataset``, prepared on disk (:mod:`avbind.models.data.cache`) once.
 
-    A video whose media cannot be decoded is skipped, logged and listed in ``.skipped``; if none
-    can be decoded, MediaError.
+    Frames and log-mel stay on disk and are read by slices; labels come from the annotations now.
+    ``cache_dir`` defaults to the data set's ``cache_home``. A clip whose media cannot be decoded
+    is skipped, logged and listed in ``.skipped``; if none can be, MediaError.
     """
-    cache = Path(cache_dir) / f"steps-{_cache_key(dataset, config)}.npz" if cache_dir else None
-    if cache is not None and cache.is_file():
-        with np.load(cache, allow_pickle=False) as data:
-            prepared = _unpack(data)
-        _report_skipped(prepared.skipped, len(dataset.videos))
-        return prepared
-    verb_noun = verb_noun_indices(dataset)
-    jobs = [(v, dataset.labels(v), config, verb_noun) for v in dataset.videos]
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    from tqdm import tqdm
+    from avbind.models.data.cache import prepare_clips
 
-    with ProcessPoolExecutor(max_workers=max(workers, 1)) as pool:
-        results = list(tqdm(pool.map(_prepare_one, jobs, chunksize=4), total=len(jobs), desc="decode",
-                            unit="clip", disable=not progress, leave=False))
-    prepared = PreparedVideos([r for r in results if isinstance(r, PreparedVideo)],
-                              [r for r in results if not isinstance(r, PreparedVideo)])
-    _report_skipped(prepared.skipped, len(jobs))
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, **_pack(prepared))
-        tmp.replace(cache)
-    return prepared
-
-
-def _report_skipped(skipped: list[tuple[str, str]], total: int) -> None:
-    for video_id, reason in skipped:
-        log.warning("skipped video %s: %s", video_id, reason)
-    if total and len(skipped) == total:
-        raise MediaError(f"none of the {total} videos could be decoded (first: {skipped[0][1]})")
-
-
-_FIELDS = ("frames", "log_mel", "window_first", "labels", "segment_labels", "step_segments", "verbs", "nouns")
-
-
-def _pack(videos: list[PreparedVideo]) -> dict[str, np.ndarray]:
-    packed = {"video_ids": np.array([v.video_id for v in videos])}
-    skipped = getattr(videos, "skipped", [])
-    packed["skipped"] = np.array([f"{vid}\t{reason}" for vid, reason in skipped], dtype=str)
-    for name in _FIELDS:
-        arrays = [getattr(v, name) for v in videos]
-        packed[name] = np.concatenate(arrays)
-        packed[name + "_lengths"] = np.array([len(a) for a in arrays])
-    return packed
-
-
-def _unpack(data: np.lib.npyio.NpzFile) -> PreparedVideos:
-    parts = {}
-    for name in _FIELDS:
-        bounds = np.cumsum(data[name + "_lengths"])[:-1]
-        parts[name] = np.split(data[name], bounds)
-    videos = [
-        PreparedVideo(str(vid), *(parts[name][i] for name in _FIELDS))
-        for i, vid in enumerate(data["video_ids"])
-    ]
-    skipped = [tuple(str(s).split("\t", 1)) for s in data["skipped"]] if "skipped" in data else []
+    clips = dataset.clips()
+    ready, skipped = prepare_clips(clips, config, cache_dir or dataset.cache_home, workers, progress)
+    if clips and len(skipped) == len(clips):
+        raise MediaError(f"none of the {len(clips)} videos could be decoded (first: {skipped[0][1]})")
+    videos = []
+    for clip in clips:
+        cached = ready.get(clip.clip_id)
+        if cached is None:
+            continue
+        times = cached.step_times(config.step_rate_hz)
+        targets = dataset.targets(clip, times)
+        first = np.array([
+            log_mel_window_range(t, config.features, config.audio.window_frames, config.audio.end_offset_s,
+                                 cached.audio_start)[0]
+            for t in times
+        ], dtype=np.int64)
+        videos.append(PreparedVideo(clip.clip_id, cached.frames, cached.log_mel, first, targets.labels,
+                                    targets.segment_labels, targets.step_segments, targets.verbs, targets.nouns,
+                                    targets.actions, float(times[0]) if len(times) else 0.0))
     return PreparedVideos(videos, skipped)

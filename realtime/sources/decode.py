@@ -1,12 +1,14 @@
-"""Decode a whole media file (or stream recording) with PyAV into timestamped frames and audio.
+"""Decode a media file (or stream recording) with PyAV into timestamped frames and audio.
 
 Training, evaluation and the realtime file source all read media through here, so a clip is
 seen identically offline and online: same decoder, same resampler, same timestamps.
+:func:`iter_media` streams a file (or a time range of it) in bounded memory, for hour-long
+videos; :func:`decode_media` collects it whole, for clips.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,29 +166,45 @@ class FileTimeline:
         return self.audio.end()
 
 
+class AudioPlacer:
+    """Timed chunks into one continuous signal, as the engine's ring places them: gaps silent,
+    overlaps trimmed. Incremental, so an hour of audio never has to sit in memory at once."""
+
+    def __init__(self, sample_rate: int) -> None:
+        from avbind.realtime.buffers.audio_ring import GAP_TOLERANCE_S
+
+        self.sample_rate = sample_rate
+        self.tolerance = GAP_TOLERANCE_S * sample_rate
+        self.start: float | None = None  # s, time of the first placed sample
+        self.end = 0  # samples placed so far
+
+    def push(self, t: float, samples: np.ndarray) -> np.ndarray:
+        """The samples to append for a chunk starting at ``t`` (silence first for a gap)."""
+        if self.start is None:
+            self.start = float(t)
+        lead = (t - self.start) * self.sample_rate - self.end
+        parts = []
+        if lead > self.tolerance:
+            parts.append(np.zeros(round(lead), np.float32))
+        elif lead < -self.tolerance:
+            samples = samples[min(round(-lead), len(samples)):]
+        parts.append(np.asarray(samples, np.float32))
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        self.end += len(out)
+        return out
+
+
 def place_audio(chunks: list[tuple[float, np.ndarray]], sample_rate: int) -> tuple[np.ndarray, float]:
-    """One array from timed chunks, as the engine's ring places them: gaps silent, overlaps trimmed.
+    """One array from timed chunks (see :class:`AudioPlacer`); returns the samples and the time of the first.
 
-    Returns the samples and the time of the first. Offline evaluation thereby hears exactly what
-    the live ring holds (see :mod:`avbind.realtime.buffers.audio_ring`).
+    Offline evaluation thereby hears exactly what the live ring holds (see
+    :mod:`avbind.realtime.buffers.audio_ring`).
     """
-    from avbind.realtime.buffers.audio_ring import GAP_TOLERANCE_S
-
     if not chunks:
         return np.zeros(0, np.float32), 0.0
-    start = chunks[0][0]
-    parts, end = [], 0
-    tolerance = GAP_TOLERANCE_S * sample_rate
-    for t, samples in chunks:
-        lead = (t - start) * sample_rate - end
-        if lead > tolerance:
-            parts.append(np.zeros(round(lead), np.float32))
-            end += round(lead)
-        elif lead < -tolerance:
-            samples = samples[min(round(-lead), len(samples)):]
-        parts.append(samples)
-        end += len(samples)
-    return np.concatenate(parts).astype(np.float32, copy=False), float(start)
+    placer = AudioPlacer(sample_rate)
+    parts = [placer.push(t, samples) for t, samples in chunks]
+    return np.concatenate(parts).astype(np.float32, copy=False), float(placer.start)
 
 
 def media_origin(streams: list) -> float:
@@ -203,6 +221,87 @@ def media_origin(streams: list) -> float:
     return min(starts) if starts else 0.0
 
 
+@dataclass
+class MediaEvent:
+    """One decoded item of :func:`iter_media`: a video frame or a run of audio samples, timed."""
+
+    kind: str  # "video", "audio" or "note" (something survived: a jump, a truncated end)
+    time: float  # s on the file's timeline (0 = where its video starts); notes: 0
+    frame: av.VideoFrame | None = None  # video: still in the decoder's format (convert what you keep)
+    samples: np.ndarray | None = None  # audio: (n,) float32 mono at the requested rate
+    note: str = ""
+
+
+def open_media(path: str | Path) -> av.container.InputContainer:
+    """``path`` opened for decoding; MediaError naming the file when it is missing or not media."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: no such media file")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise MediaError(f"{path}: cannot open media ({err})") from err
+    if not container.streams.video:
+        container.close()
+        raise MediaError(f"{path}: no video stream")
+    return container
+
+
+SEEK_MARGIN_S = 2.0  # s decoded before a range's start: the resampler and the frame before it settle
+
+
+def iter_media(path: str | Path, sample_rate: int = 16_000, start_s: float = 0.0,
+               stop_s: float | None = None) -> Iterator[MediaEvent]:
+    """The file's video frames and audio (mono, ``sample_rate``) in decode order, on its timeline.
+
+    With ``start_s`` > 0 the decoder seeks to the keyframe before ``start_s - SEEK_MARGIN_S`` and
+    starts there; with ``stop_s`` it stops once both streams have passed ``stop_s``. Nothing is
+    kept: memory does not grow with the file's length. A file cut short ends the iteration with
+    a note (MediaError if nothing decoded at all).
+    """
+    container = open_media(path)
+    with container:
+        streams = [container.streams.video[0], *container.streams.audio[:1]]
+        timeline = FileTimeline(media_origin(streams), sample_rate)
+        video = streams[0]
+        if start_s > SEEK_MARGIN_S and video.time_base:
+            target = timeline.origin + start_s - SEEK_MARGIN_S
+            container.seek(int(target / video.time_base), stream=video, backward=True, any_frame=False)
+        frames = 0
+        passed = {"video": False, "audio": len(streams) == 1}
+        try:
+            for frame in container.decode(*streams):
+                if isinstance(frame, av.VideoFrame):
+                    if frame.time is None:
+                        continue
+                    t, note = timeline.video(float(frame.time))
+                    frames += 1
+                    yield MediaEvent("video", t, frame=frame)
+                    passed["video"] = stop_s is not None and t > stop_s
+                else:
+                    try:
+                        out, note = timeline.audio_frame(frame)
+                    except ValueError:  # the audio format changed: a new run from the next frame
+                        out, note = timeline.end_audio(), "audio format changed; audio realigned"
+                    for t, samples in out:
+                        yield MediaEvent("audio", t, samples=samples)
+                        passed["audio"] = stop_s is not None and t > stop_s
+                if note:
+                    yield MediaEvent("note", 0.0, note=note)
+                if all(passed.values()):
+                    break
+        except av.error.FFmpegError as err:
+            # A file cut short (a recording that was still being written, a partial download)
+            # keeps what decoded, as live playback does; with nothing decoded it is an error.
+            if not frames:
+                raise MediaError(f"{path}: corrupt media, nothing decodable ({err})") from err
+            yield MediaEvent("note", 0.0, note=f"decoding stopped after {frames} frames ({err}); the rest is missing")
+        for t, samples in timeline.end_audio():
+            yield MediaEvent("audio", t, samples=samples)
+    if not frames:
+        raise MediaError(f"{path}: no decodable video frames")
+
+
 def decode_media(
     path: str | Path, sample_rate: int = 16_000,
     frame_transform: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -212,45 +311,15 @@ def decode_media(
     ``frame_transform`` is applied to each frame as it is decoded (e.g. resizing to the model's
     input), so a long clip never sits in memory at full resolution.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"{path}: no such media file")
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as err:
-        raise MediaError(f"{path}: cannot open media ({err})") from err
-    frames, times, chunks = [], [], []
-    problems: list[str] = []
-    with container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: no video stream")
-        streams = [container.streams.video[0], *container.streams.audio[:1]]
-        timeline = FileTimeline(media_origin(streams), sample_rate)
-        try:
-            for frame in container.decode(*streams):
-                if isinstance(frame, av.VideoFrame):
-                    if frame.time is None:
-                        continue
-                    t, note = timeline.video(float(frame.time))
-                    rgb = frame.to_ndarray(format="rgb24")
-                    frames.append(frame_transform(rgb) if frame_transform else rgb)
-                    times.append(t)
-                else:
-                    try:
-                        out, note = timeline.audio_frame(frame)
-                    except ValueError:  # the audio format changed: a new run from the next frame
-                        out, note = timeline.end_audio(), "audio format changed; audio realigned"
-                    chunks += out
-                if note:
-                    problems.append(note)
-        except av.error.FFmpegError as err:
-            # A file cut short (a recording that was still being written, a partial download)
-            # keeps what decoded, as live playback does; with nothing decoded it is an error.
-            if not frames:
-                raise MediaError(f"{path}: corrupt media, nothing decodable ({err})") from err
-            problems.append(f"decoding stopped after {len(frames)} frames ({err}); the rest is missing")
-        chunks += timeline.end_audio()
-    if not frames:
-        raise MediaError(f"{path}: no decodable video frames")
+    frames, times, chunks, problems = [], [], [], []
+    for event in iter_media(path, sample_rate):
+        if event.kind == "video":
+            rgb = event.frame.to_ndarray(format="rgb24")
+            frames.append(frame_transform(rgb) if frame_transform else rgb)
+            times.append(event.time)
+        elif event.kind == "audio":
+            chunks.append((event.time, event.samples))
+        else:
+            problems.append(event.note)
     audio, audio_start = place_audio(chunks, sample_rate)
     return DecodedMedia(np.stack(frames), np.asarray(times), audio, sample_rate, audio_start, problems)
