@@ -108,7 +108,7 @@ def add_prepare_cli(data_sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in
-             ("epochs", "crop_steps", "crops_per_video", "batch_size", "lr", "seed", "threads")
+             ("epochs", "crop_steps", "crops_per_video", "batch_size", "lr", "seed", "threads", "micro_batch")
              if getattr(args, name) is not None}
     if args.no_pretrained:
         given["pretrained"] = False
@@ -126,6 +126,8 @@ def _train(args: argparse.Namespace) -> int:
 
         if args.crop_epochs is not None:
             given["crop_epochs"] = args.crop_epochs
+        if given.pop("micro_batch", None) is not None:
+            raise SystemExit("avbind train: --micro-batch applies to supervised training only (not --weak)")
         if args.format or args.annotations or args.device:
             raise SystemExit("avbind train --weak: trains on AVE-layout folders (--data) on the CPU")
         data = args.data or default_data()
@@ -192,7 +194,7 @@ def add_train_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/avbind-s"), help="checkpoint folder")
     p.add_argument("--config", default=defaults["model"], help="model configuration (see `avbind models`)")
     weak = asdict(WeakTrainConfig())
-    for name in ("epochs", "crop_steps", "crops_per_video", "batch_size", "seed", "threads"):
+    for name in ("epochs", "crop_steps", "crops_per_video", "batch_size", "seed", "threads", "micro_batch"):
         shown = f"{defaults[name]}" + (f"; weak: {weak[name]}" if name in weak else "")
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"default: {shown}")
     p.add_argument("--crop-epochs", type=int,

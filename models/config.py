@@ -199,6 +199,10 @@ class TrainConfig:
     crops_per_video: int = 3  # random crops drawn from each video per epoch
     crop_steps: int = 15  # consecutive steps per crop (3 s at 5 steps/s)
     batch_size: int = 8  # crops per optimisation step
+    # Crops per forward/backward pass (0: the whole batch). Smaller needs less memory (avbind-s at
+    # 128 px: ~0.3 GB of activations per crop) for the same summed gradient, except that
+    # BatchNorm then normalises over each pass's crops.
+    micro_batch: int = 0
     lr: float = 2e-3  # peak learning rate (AdamW), after warm-up, cosine decay to 0
     warmup_fraction: float = 0.05  # of all optimisation steps
     weight_decay: float = 1e-4

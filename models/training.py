@@ -316,17 +316,22 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = warmup_cosine_lr(step, total, group["peak_lr"], tc.warmup_fraction)
             frames, mels, mask = inputs
-            # CUDA: bfloat16 autocast (no loss scaling needed); the CPU path stays float32 and deterministic
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                outputs, _ = model(frames, mels, mask, return_features=True)
-                loss, parts = compute_loss(model, outputs, targets, tc, aux, mask)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            n = frames.shape[0]
+            size = tc.micro_batch or n
+            for first in range(0, n, size):  # one pass unless micro_batch is set: then the same gradient
+                part = slice(first, first + size)  # summed over passes, in a fraction of the memory
+                weight = (min(first + size, n) - first) / n
+                # CUDA: bfloat16 autocast (no loss scaling needed); the CPU path stays float32 and deterministic
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                    outputs, _ = model(frames[part], mels[part], mask[part], return_features=True)
+                    loss, parts = compute_loss(model, outputs, tuple(t[part] for t in targets), tc, aux, mask[part])
+                (loss * weight if weight != 1 else loss).backward()
+                for k, v in {"loss": loss.item(), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + v * weight
             torch.nn.utils.clip_grad_norm_(trained, 5.0)
             optimizer.step()
             seen += frames.shape[0] * frames.shape[1]
-            for k, v in {"loss": loss.item(), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v
             rate = seen / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{sums['loss'] / (b + 1):.3f}", steps_s=f"{rate:.0f}")
             bar.update()
