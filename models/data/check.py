@@ -254,13 +254,10 @@ def _epic_durations(path: Path, report: CheckReport) -> dict[str, float]:
 
 
 def _epic_media(root: Path, participants: dict[str, str], report: CheckReport) -> dict:
-    from avbind.models.data.epic import VIDEO_SUFFIXES
+    from avbind.models.data.epic import media_candidates
 
-    missing = []
-    for video_id, participant in sorted(participants.items()):
-        folders = (root / participant, root / participant / "videos")
-        if not any((f / f"{video_id}{s}").is_file() for f in folders for s in VIDEO_SUFFIXES):
-            missing.append(video_id)
+    missing = [video_id for video_id, participant in sorted(participants.items())
+               if not any(p.is_file() for p in media_candidates(root, participant, video_id))]
     if missing:
         report.errors.append(f"{root}: {len(missing)} of {len(participants)} annotated videos missing "
                              f"(e.g. {participants[missing[0]]}/videos/{missing[0]}.MP4)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
@@ -113,10 +113,7 @@ class EpicDataset:
     @cached_property
     def _by_video(self) -> dict[str, tuple[EpicAction, ...]]:
         # EPIC-100 train has ~67k actions over ~500 videos: index once instead of scanning per video
-        grouped: dict[str, list[EpicAction]] = {}
-        for action in self.actions:
-            grouped.setdefault(action.video_id, []).append(action)
-        return {video_id: tuple(actions) for video_id, actions in grouped.items()}
+        return group_by_video(self.actions)
 
     @property
     def background(self) -> int:
@@ -141,15 +138,7 @@ class EpicDataset:
         actions = self.actions_of(video_id)
         if not actions:
             raise KeyError(f"video {video_id!r} has no annotated actions in this dataset")
-        participant = self.root / actions[0].participant_id
-        # As the download scripts lay them out: <participant>/videos/<id>.MP4 or <participant>/<id>.MP4
-        candidates = [folder / f"{video_id}{suffix}" for folder in (participant / "videos", participant)
-                      for suffix in VIDEO_SUFFIXES]
-        for path in candidates:
-            if path.is_file():
-                return path
-        raise FileNotFoundError(f"{candidates[0]}: video {video_id} is annotated but missing (also tried "
-                                f"{', '.join(p.name for p in candidates[1:])})")
+        return find_video(self.root, actions[0].participant_id, video_id)
 
 
 def _column_order(header: list[str] | None, expected: tuple[str, ...], path: Path) -> list[int]:
@@ -280,21 +269,54 @@ def _numbered(kind: str, ids: list[int]) -> tuple[str, ...]:
     return tuple(f"{kind}_{i}" for i in range(max(ids, default=-1) + 1))
 
 
-def step_labels(actions: Iterable[EpicAction], times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(verbs, nouns), each (T,) int64: the classes of the action covering each step time, else IGNORE.
+def media_candidates(root: Path, participant_id: str, video_id: str) -> list[Path]:
+    """Where an EPIC-KITCHENS video may be, most likely first: the download scripts' two layouts,
+    ``<participant>/videos/<id>.MP4`` and ``<participant>/<id>.MP4`` (EPIC-SOUNDS uses the same videos)."""
+    participant = Path(root) / participant_id
+    return [folder / f"{video_id}{suffix}" for folder in (participant / "videos", participant)
+            for suffix in VIDEO_SUFFIXES]
 
-    An action covers ``start_s <= t < stop_s``. EPIC actions overlap (one hand washes while the
-    other reaches); the one that started last wins, as it is the freshest evidence at that moment;
-    equal starts go to the later CSV row. Times get the windowing tolerance, so a step at 0.3 s is
-    inside an action that starts at ``00:00:00.30`` despite float rounding.
+
+def find_video(root: Path, participant_id: str, video_id: str) -> Path:
+    """The first of :func:`media_candidates` on disk; FileNotFoundError names where it was looked for."""
+    candidates = media_candidates(root, participant_id, video_id)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{candidates[0]}: video {video_id} is annotated but missing (also tried "
+                            f"{', '.join(p.name for p in candidates[1:])})")
+
+
+def group_by_video(rows: Iterable) -> dict[str, tuple]:
+    """Rows (anything with ``video_id``) by video, videos in order of first appearance, rows in order."""
+    grouped: dict[str, list] = {}
+    for row in rows:
+        grouped.setdefault(row.video_id, []).append(row)
+    return {video_id: tuple(items) for video_id, items in grouped.items()}
+
+
+def covering(spans: Sequence, times: np.ndarray) -> np.ndarray:
+    """(T,) index into ``spans`` of the span covering each step time, -1 where none does.
+
+    A span (anything with ``start_s``/``stop_s``) covers ``start_s <= t < stop_s``. Annotations
+    overlap (one hand washes while the other reaches; a tap runs while a pan clatters); the one
+    that started last wins, as it is the freshest evidence at that moment; equal starts go to the
+    later CSV row. Times get the windowing tolerance, so a step at 0.3 s is inside a span that
+    starts at ``00:00:00.30`` despite float rounding.
     """
     times = np.asarray(times, dtype=np.float64) + EPSILON_S
-    verbs = np.full(times.shape, IGNORE, np.int64)
-    nouns = np.full(times.shape, IGNORE, np.int64)
-    for action in sorted(actions, key=lambda a: a.start_s):  # stable: later rows win ties
-        covered = (times >= action.start_s) & (times < action.stop_s)
-        verbs[covered] = action.verb_class
-        nouns[covered] = action.noun_class
+    index = np.full(times.shape, -1, np.int64)
+    for i in sorted(range(len(spans)), key=lambda i: spans[i].start_s):  # stable: later rows win ties
+        index[(times >= spans[i].start_s) & (times < spans[i].stop_s)] = i
+    return index
+
+
+def step_labels(actions: Sequence[EpicAction], times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(verbs, nouns), each (T,) int64: the classes of the action covering each step time (see
+    :func:`covering`), else IGNORE."""
+    index = covering(actions, times)
+    verbs = np.array([a.verb_class for a in actions] + [IGNORE], np.int64)[index]
+    nouns = np.array([a.noun_class for a in actions] + [IGNORE], np.int64)[index]
     return verbs, nouns
 
 

@@ -15,7 +15,7 @@ timestamps, every error as ``file:line: what``). Only ``csv`` and numpy, like th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,13 +27,14 @@ from avbind.models.config import BACKGROUND
 from avbind.models.data.dataset import EPIC_SOUNDS_SPLIT_FILES, IGNORE, Clip, StepTargets
 from avbind.models.data.epic import (
     CONTEXT_S,
-    VIDEO_SUFFIXES,
     _segments,
+    covering,
+    find_video,
+    group_by_video,
     parse_timestamp,
     read_rows_collecting,
     scored_segments,
 )
-from avbind.realtime.sync.windows import EPSILON_S
 
 if TYPE_CHECKING:
     from avbind.models.data.check import CheckReport
@@ -110,10 +111,7 @@ class EpicSoundsDataset:
     @cached_property
     def _by_video(self) -> dict[str, tuple[SoundEvent, ...]]:
         # ~8k events over ~140 videos in validation alone: index once instead of scanning per video
-        grouped: dict[str, list[SoundEvent]] = {}
-        for event in self.events:
-            grouped.setdefault(event.video_id, []).append(event)
-        return {video_id: tuple(events) for video_id, events in grouped.items()}
+        return group_by_video(self.events)
 
     def videos(self) -> tuple[str, ...]:
         """Video ids in order of first appearance in the CSV, so splits and caches are reproducible."""
@@ -128,34 +126,13 @@ class EpicSoundsDataset:
         events = self.events_of(video_id)
         if not events:
             raise KeyError(f"video {video_id!r} has no annotated sounds in this dataset")
-        candidates = media_candidates(self.root, events[0].participant_id, video_id)
-        for path in candidates:
-            if path.is_file():
-                return path
-        raise FileNotFoundError(f"{candidates[0]}: video {video_id} is annotated but missing (also tried "
-                                f"{', '.join(p.name for p in candidates[1:])})")
+        return find_video(self.root, events[0].participant_id, video_id)
 
 
-def media_candidates(root: Path, participant_id: str, video_id: str) -> list[Path]:
-    """Where an EPIC-KITCHENS video may be, most likely first: the download scripts' two layouts."""
-    participant = Path(root) / participant_id
-    return [folder / f"{video_id}{suffix}" for folder in (participant / "videos", participant)
-            for suffix in VIDEO_SUFFIXES]
-
-
-def step_labels(events: Iterable[SoundEvent], times: np.ndarray, background: int) -> np.ndarray:
-    """(T,) int64: the class of the sound covering each step time, else ``background``.
-
-    Same rule as :func:`avbind.models.data.epic.step_labels`: a sound covers ``start_s <= t <
-    stop_s``; where sounds overlap (a tap runs while a pan clatters) the one that started last wins,
-    as it is the freshest evidence at that moment; equal starts go to the later CSV row. Times get
-    the windowing tolerance, so float rounding does not move a step out of a sound.
-    """
-    times = np.asarray(times, dtype=np.float64) + EPSILON_S
-    labels = np.full(times.shape, background, np.int64)
-    for event in sorted(events, key=lambda e: e.start_s):  # stable: later rows win ties
-        labels[(times >= event.start_s) & (times < event.stop_s)] = event.class_id
-    return labels
+def step_labels(events: Sequence[SoundEvent], times: np.ndarray, background: int) -> np.ndarray:
+    """(T,) int64: the class of the sound covering each step time (EPIC-100's overlap rule,
+    :func:`avbind.models.data.epic.covering`), else ``background``."""
+    return np.array([e.class_id for e in events] + [background], np.int64)[covering(events, times)]
 
 
 def parse_event(row: dict[str, str], where: str) -> SoundEvent:
@@ -252,7 +229,7 @@ def check_epic_sounds(annotations: Path, videos: Path | None = None, annotations
     Annotation ids, class names and participants must agree across both splits, since train and
     validation share one head and one videos root.
     """
-    from avbind.models.data.check import CheckReport, SplitCounts, _epic_media
+    from avbind.models.data.check import CheckReport, SplitCounts, _epic_media, _read_csv
 
     annotations = Path(annotations)
     report = CheckReport("epic-sounds")
@@ -264,12 +241,9 @@ def check_epic_sounds(annotations: Path, videos: Path | None = None, annotations
         if path is None:
             report.warnings.append(f"{annotations}: no {split} annotations ({' or '.join(candidates)})")
             continue
-        try:
-            rows, errors = read_rows_collecting(path, ANNOTATION_COLUMNS)
-        except ValueError as err:  # a header it cannot be read by: no row of it can be trusted
-            report.errors.append(str(err))
+        rows = _read_csv(path, ANNOTATION_COLUMNS, report)  # None: a header no row of it can be trusted under
+        if rows is None:
             continue
-        report.errors += errors
         counts, ids = SplitCounts(), set()
         classes: Counter[str] = Counter()
         for line, row in rows:
