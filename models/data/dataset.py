@@ -123,17 +123,15 @@ def open_dataset(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     media = Path(videos) if videos else Path(data) if data else root
+    split = {"validation": "val"}.get(split, split)  # EPIC's files say "validation"
     if format in ("ave", "avsynth"):
         from avbind.models.data.ave import load_ave
 
-        if split == "validation":
-            split = "val"
         return load_ave(root, split, require_media=require_media)
     if format == "epic":
         from avbind.models.data.epic import load_epic
 
-        csv = split_file(root, {"validation": "val"}.get(split or "train", split or "train"), EPIC_SPLIT_FILES,
-                         "EPIC-KITCHENS-100")
+        csv = split_file(root, split or "train", EPIC_SPLIT_FILES, "EPIC-KITCHENS-100")
         classes = [root / f"EPIC_100_{kind}_classes.csv" for kind in ("verb", "noun")]
         for path in classes:
             if not path.is_file():
@@ -141,6 +139,5 @@ def open_dataset(
         return load_epic(csv, media, *classes, require_media=require_media)
     from avbind.models.data.epic_sounds import load_epic_sounds
 
-    csv = split_file(root, {"validation": "val"}.get(split or "train", split or "train"), EPIC_SOUNDS_SPLIT_FILES,
-                     "EPIC-SOUNDS")
+    csv = split_file(root, split or "train", EPIC_SOUNDS_SPLIT_FILES, "EPIC-SOUNDS")
     return load_epic_sounds(csv, media, require_media=require_media)

@@ -368,8 +368,7 @@ def prepare_epic_video(dataset: EpicDataset, video_id: str, config: ModelConfig)
                          f"({1 / config.step_rate_hz:.3f} s)")
     frames = media.frames[frame_index_at(media.frame_times, times)]
     mel, first = step_audio(media, times, config)
-    verbs, nouns = step_labels(dataset.actions_of(video_id), times)
-    labels = np.where(verbs == IGNORE, dataset.background, verbs).astype(np.int64)
-    segment_labels, step_segments = _segments(labels, times, dataset.background)
-    return PreparedVideo(video_id, frames, mel, first, labels, segment_labels, step_segments, verbs, nouns)
+    t = dataset.targets(Clip(video_id, dataset.video_path(video_id)), times)
+    return PreparedVideo(video_id, frames, mel, first, t.labels, t.segment_labels, t.step_segments, t.verbs, t.nouns,
+                         t.actions)
 

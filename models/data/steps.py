@@ -78,15 +78,20 @@ class PreparedVideo:
                        "modality_mask": modality_mask}
 
 
+def window_firsts(times: np.ndarray, config: ModelConfig, audio_start: float) -> np.ndarray:
+    """(T,) int64: each step's first log-mel frame, by the binding window rule."""
+    return np.array([
+        log_mel_window_range(t, config.features, config.audio.window_frames, config.audio.end_offset_s,
+                             audio_start)[0]
+        for t in times
+    ], dtype=np.int64)
+
+
 def step_audio(media: DecodedMedia, times: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """The clip's log-mel (K, n_mels) and each step's first window frame (T,): the binding window rule."""
     features = config.features
     mel = log_mel(media.audio, features) if media.audio.size else np.zeros((0, features.n_mels), np.float32)
-    first = np.array([
-        log_mel_window_range(t, features, config.audio.window_frames, config.audio.end_offset_s, media.audio_start)[0]
-        for t in times
-    ], dtype=np.int64)
-    return mel.astype(np.float32), first
+    return mel.astype(np.float32), window_firsts(times, config, media.audio_start)
 
 
 class PreparedVideos(list):
@@ -147,11 +152,7 @@ def prepare_dataset(
             continue
         times = cached.step_times(config.step_rate_hz)
         targets = dataset.targets(clip, times)
-        first = np.array([
-            log_mel_window_range(t, config.features, config.audio.window_frames, config.audio.end_offset_s,
-                                 cached.audio_start)[0]
-            for t in times
-        ], dtype=np.int64)
+        first = window_firsts(times, config, cached.audio_start)
         videos.append(PreparedVideo(clip.clip_id, cached.frames, cached.log_mel, first, targets.labels,
                                     targets.segment_labels, targets.step_segments, targets.verbs, targets.nouns,
                                     targets.actions, float(times[0]) if len(times) else 0.0))
