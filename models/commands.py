@@ -155,7 +155,10 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from avbind.models.evaluation import evaluate, evaluate_model_file, format_report
 
-    data = dataset_from_args(args, args.split, default_data)
+    # Opened when the evaluation needs it, after the model: a bad model file is named first.
+    def data():
+        return dataset_from_args(args, args.split, default_data)
+
     if args.model:
         report = evaluate_model_file(args.model, data, args.split, args.backend, cache_dir=args.cache)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,10 +265,12 @@ def save_confusion_png(confusion: list[list[int]], names: list[str], path: str |
 
 
 def _prepare_split(
-    data: DataSet | str | Path, split: str, config: ModelConfig, cache_dir: str | Path | None, progress: bool,
-    name: str,
+    data: DataSet | str | Path | Callable[[], DataSet], split: str, config: ModelConfig,
+    cache_dir: str | Path | None, progress: bool, name: str,
 ) -> tuple[DataSet, list[PreparedVideo], list[str], dict]:
     """The split's prepared videos, its label names (background last) and the report's header."""
+    if callable(data):  # opened now: after the model, whose errors come first
+        data = data()
     dataset = open_dataset(data, split) if isinstance(data, str | Path) else data
     videos = prepare_dataset(dataset, config, cache_dir, progress=progress)
     report = {"format": dataset.format, "split": split, "videos": len(videos),
@@ -283,7 +286,7 @@ def _entry(result: FormResult) -> dict:
 
 
 def evaluate(
-    checkpoint: str | Path | AVBindNet, data: DataSet | str | Path, split: str = "test",
+    checkpoint: str | Path | AVBindNet, data: DataSet | str | Path | Callable[[], DataSet], split: str = "test",
     out_dir: str | Path | None = None,
     ablations: tuple[str, ...] = tuple(ABLATIONS), streaming: bool = True, progress: bool = True,
     cache_dir: str | Path | None = None, device: str | None = None,
@@ -306,7 +309,7 @@ def evaluate(
     if list(dataset.class_names) != list(model.class_names or dataset.class_names):
         shown = (f"{len(dataset.class_names)} classes ({', '.join(dataset.class_names[:3])}, ...) differ from the "
                  f"model's {len(model.class_names)} ({', '.join(model.class_names[:3])}, ...)")
-        raise ValueError(f"{data}: {shown}")
+        raise ValueError(f"{dataset.root}: {shown}")
     for ablation in ablations:
         mask = ABLATIONS[ablation]
         outputs = [run_clip(model, v, mask) for v in tqdm(videos, desc=f"{ablation} (clip)", disable=not progress,
@@ -336,7 +339,8 @@ def evaluate(
 
 
 def evaluate_model_file(
-    model_path: str | Path, data: DataSet | str | Path, split: str = "test", backend: str = "onnxruntime",
+    model_path: str | Path, data: DataSet | str | Path | Callable[[], DataSet], split: str = "test",
+    backend: str = "onnxruntime",
     ablations: tuple[str, ...] = tuple(ABLATIONS), progress: bool = True, cache_dir: str | Path | None = None,
 ) -> dict:
     """Streaming segment accuracy of an exported model file run by a runtime backend."""

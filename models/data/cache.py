@@ -266,9 +266,9 @@ def prepare_clips(
                     ready[clip.clip_id] = result
                 else:
                     skipped.append((clip.clip_id, result))
+        for same, result in results:  # decoded, with something survived: say so once, keep it
+            for problem in getattr(result, "problems", ()):
+                log.warning("%s: %s", same[0].path, problem)
     for clip_id, reason in skipped:
         log.warning("skipped video %s: %s", clip_id, reason)
-    for clip_id, cached in ready.items():
-        for problem in cached.problems:
-            log.debug("%s: %s", clip_id, problem)
     return ready, skipped

@@ -90,8 +90,8 @@ def detect_format(root: str | Path) -> str:
         return "epic-sounds"
     looked = [*(n for names in EPIC_SPLIT_FILES.values() for n in names),
               *(n for names in EPIC_SOUNDS_SPLIT_FILES.values() for n in names)]
-    raise ValueError(f"{root}: no data set found (looked for avsynth.json, AVE's Annotations.txt, "
-                     f"{', '.join(looked)})")
+    raise ValueError(f"{root}: no data set found: not an AVE-layout folder (no Annotations.txt) nor avsynth's "
+                     f"(avsynth.json), and none of {', '.join(looked)}")
 
 
 def split_file(folder: Path, split: str, files: dict[str, tuple[str, ...]], what: str) -> Path:
