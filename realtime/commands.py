@@ -383,25 +383,28 @@ def live_command(args: argparse.Namespace) -> int:
     print(f"avbind live: camera {args.camera}{'' if args.no_mic else ' + microphone'} -> {backend.info.name} on "
           f"{engine.backend_name}; publishing on {publisher.bound[0]}"
           f"{'' if window else ' (no display: terminal view)'}", file=sys.stderr)
-    engine.start()
-    stream = engine.add_stream("live", sources, stream_settings(args))
-    until = None if args.seconds is None else time.monotonic() + args.seconds
-    try:
+    # Ctrl-C sets a flag the view polls, as in ``avbind run``: a KeyboardInterrupt landing inside the
+    # engine's or the window's code could leave a lock held and the shutdown waiting on it.
+    with _StopSignals() as signals:
+        def stopped() -> bool:
+            return signals.received is not None
+
+        engine.start()
+        stream = engine.add_stream("live", sources, stream_settings(args))
+        until = None if args.seconds is None else time.monotonic() + args.seconds
         if window:
             overlay = OverlayView(stream)
             engine.listeners.append(overlay.on_message)
             engine.listeners.append(_print_source_problems)  # the terminal view would have shown them
             try:
-                overlay.run(until=until)
+                overlay.run(until=until, done=stopped)
             except RuntimeError as err:  # the window process failed to open a window after all
                 print(f"avbind live: {err}; terminal view", file=sys.stderr)
                 view = TerminalView(Subscriber(publisher.bound[0]))
-                view.run(until=until, stop_when_ended=True)
+                view.run(until=until, stop_when_ended=True, done=stopped)
         else:
-            view.run(until=until, stop_when_ended=True)
-    except KeyboardInterrupt:
-        pass
-    engine.stop()
+            view.run(until=until, stop_when_ended=True, done=stopped)
+        engine.stop()
     publisher.close()
     return 0
 

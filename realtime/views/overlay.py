@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -304,10 +305,11 @@ class OverlayView:
             self._window.close()
             self._window = None
 
-    def run(self, until: float | None = None, fps: float = 25.0) -> None:
-        """Redraw at ``fps`` until ``until`` (monotonic), the window closes, or KeyboardInterrupt."""
+    def run(self, until: float | None = None, fps: float = 25.0, done: Callable[[], bool] | None = None) -> None:
+        """Redraw at ``fps`` until ``until`` (monotonic), the window closes, ``done()`` (a stop signal
+        arrived), or KeyboardInterrupt."""
         try:
-            while until is None or time.monotonic() < until:
+            while (until is None or time.monotonic() < until) and not (done is not None and done()):
                 if not self.show():
                     break
                 time.sleep(1.0 / fps)
