@@ -102,17 +102,24 @@ def _ave_folder(root: Path, n: int) -> Path:
     return root
 
 
+def _finished(cache: Path) -> dict[str, int]:
+    """Finished clip folders and their meta.json times. A ``*.part-PID`` folder may hold a meta.json
+    too (written just before the rename that finishes it): a kill there leaves it unfinished."""
+    return {p.parent.name: p.stat().st_mtime_ns for p in cache.glob("features-*/*/meta.json")
+            if ".part-" not in p.parent.name}
+
+
 def test_a_killed_prepare_resumes_keeping_finished_videos(tmp_path: Path) -> None:
     data, cache = _ave_folder(tmp_path / "ave", 6), tmp_path / "cache"
     command = [avbind_exe(), "data", "prepare", "--data", str(data), "--split", "train", "--config", "avbind-xs",
                "--cache", str(cache), "--workers", "1", "--quiet"]
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300
-    while not list(cache.glob("features-*/*/meta.json")) and run.poll() is None and time.monotonic() < deadline:
+    while not _finished(cache) and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in cache.glob("features-*/*/meta.json")}
+    finished = _finished(cache)
     assert finished, "the first video was not finished before the kill"
     if len(finished) == 6:
         pytest.skip("the whole set was prepared before the kill landed; nothing to resume")
@@ -122,7 +129,7 @@ def test_a_killed_prepare_resumes_keeping_finished_videos(tmp_path: Path) -> Non
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "6 videos prepared" in done.stdout and not list(cache.glob("features-*/*.part-*"))
-    after = {p.parent.name: p.stat().st_mtime_ns for p in cache.glob("features-*/*/meta.json")}
+    after = _finished(cache)
     assert len(after) == 6 and all(after[k] == v for k, v in finished.items())  # kept, not redone
 
 
