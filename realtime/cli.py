@@ -81,6 +81,21 @@ def _models(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from avbind.realtime.bench import format_bench, run_bench, write_report
 
+    if args.cluster:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            sys.exit("avbind bench --cluster needs Ray: pip install 'avbind[cluster]'")
+        from avbind.realtime.cluster.bench import format_cluster_bench, run_cluster_bench
+
+        report = run_cluster_bench(None if args.model is None else str(args.model), seconds=args.engine_seconds or 8.0,
+                                   max_streams=args.max_streams)
+        print(format_cluster_bench(report))
+        if args.out:
+            write_report(report, args.out)
+            print(f"JSON: {args.out}")
+        return 0
+
     model, int8, checkpoint = args.model, args.int8, args.checkpoint
     if model is None:
         from avbind.models.weights import shipped
@@ -154,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     from avbind.realtime.commands import add_cli as add_engine_cli
 
     add_engine_cli(sub)
+    from avbind.realtime.cluster.commands import add_cli as add_cluster_cli  # Ray is imported only by serve
+
+    add_cluster_cli(sub)
     add_train_cli(sub)
     add_eval_cli(sub)
     add_export_cli(sub)
@@ -172,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--engine-seconds", type=float, default=8.0,
                        help="seconds per full-engine run (end-to-end latency, concurrent streams); 0 skips them")
     bench.add_argument("--max-streams", type=int, default=32, help="most concurrent streams to try")
+    bench.add_argument("--cluster", action="store_true",
+                       help="instead: avbind serve on a local Ray cluster, 1 worker x all cores against one worker "
+                            "per core, control round trip and worker-death recovery (needs avbind[cluster])")
     bench.add_argument("--out", type=Path, help="write the JSON report here")
     bench.set_defaults(func=_bench)
     return parser

@@ -70,6 +70,7 @@ class Engine:
         self.listeners: list[Listener] = []  # in-process consumers of every message (views, tests)
         self._streams: dict[str, Stream] = {}
         self._heartbeats: dict[str, _Heartbeat] = {}
+        self._resumed: dict[str, str] = {}  # stream -> why it was resumed here, until its first running status
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -80,8 +81,14 @@ class Engine:
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)  # streams per recent call
 
     # Streams -------------------------------------------------------------------------------
-    def add_stream(self, name: str, sources: list[Source], settings: StreamSettings | None = None) -> Stream:
-        """Start ``sources`` as stream ``name``; safe while the engine runs."""
+    def add_stream(self, name: str, sources: list[Source], settings: StreamSettings | None = None,
+                   resumed: str | None = None) -> Stream:
+        """Start ``sources`` as stream ``name``; safe while the engine runs.
+
+        ``resumed`` says why a stream that ran elsewhere (another cluster worker) starts here with
+        a fresh state: subscribers then see ``reconnecting`` with that reason, then ``running``
+        with it once, instead of a ``starting`` that looks like a new stream.
+        """
         check_stream_name(name)  # the name is part of every topic: refuse it here, not at the first publish
         with self._lock:
             if name in self._streams:
@@ -89,19 +96,35 @@ class Engine:
             stream = Stream(name, sources, self.backend.info, settings, self._wake)
             self._streams[name] = stream
             self._heartbeats[name] = _Heartbeat(time.monotonic())
+            if resumed:
+                self._resumed[name] = resumed
         sources_line = f"sources: {', '.join(stream.source_names())}"
-        self._emit(stream, "status", self._status(stream, "starting", "info", sources_line), time.monotonic())
+        if resumed:
+            status = self._status(stream, "reconnecting", "warning", f"{resumed}; state reset; {sources_line}")
+        else:
+            status = self._status(stream, "starting", "info", sources_line)
+        self._emit(stream, "status", status, time.monotonic())
         stream.start()
         return stream
 
-    def remove_stream(self, name: str) -> None:
-        """Stop a stream's sources, publish what it still holds and an ``ended`` status."""
+    def remove_stream(self, name: str, publish: bool = True) -> Stream:
+        """Stop a stream's sources, publish what it still holds and an ``ended`` status.
+
+        ``publish=False`` stops it silently, for a stream that moves to another worker: that
+        worker resumes it from the last published segment and announces the move, so outputs
+        flushed here would duplicate the segment it publishes again.
+        """
         with self._lock:
             stream = self._streams.pop(name, None)
+            self._resumed.pop(name, None)
         if stream is None:
             raise KeyError(f"no stream named {name!r}")
         stream.stop()
-        self._end(stream, "removed")
+        if publish:
+            self._end(stream, "removed")
+        else:
+            self._heartbeats.pop(name, None)
+        return stream
 
     @property
     def streams(self) -> dict[str, Stream]:
@@ -248,6 +271,8 @@ class Engine:
             degraded = stream.aligner.degraded_steps > beat.degraded
             state = "degraded" if degraded else "running"
             message = "" if state == "running" else "audio arrived late: steps ran with partial audio"
+            if state == "running" and stream.counters.steps and (why := self._resumed.pop(stream.name, None)):
+                message = f"running again after: {why}"
             if stream.reconnecting:  # a source is down: say so every heartbeat, not "running"
                 down = [s.name for s in stream.sources if id(s) in stream.reconnecting]
                 state, message = "reconnecting", f"waiting for {', '.join(down)} to come back"

@@ -27,7 +27,10 @@ DEFAULT_HWM = 1000  # messages queued per subscriber before ZeroMQ drops for tha
 class Publisher:
     """Binds one PUB socket to each endpoint (``tcp://*:5555``, ``ipc:///tmp/avbind``)."""
 
-    def __init__(self, endpoints: str | list[str], hwm: int = DEFAULT_HWM, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoints: str | list[str], hwm: int = DEFAULT_HWM, context: zmq.Context | None = None,
+                 connect: bool = False) -> None:
+        """``connect``: connect to the endpoints instead of binding them (a cluster worker publishing
+        into its driver's proxy, which is the one endpoint subscribers see)."""
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.PUB)
@@ -36,11 +39,11 @@ class Publisher:
         self.bound: list[str] = []
         for endpoint in self.endpoints:
             try:
-                self._socket.bind(endpoint)
+                self._socket.connect(endpoint) if connect else self._socket.bind(endpoint)
             except zmq.ZMQError as err:
                 self._socket.close()
                 raise ValueError(f"cannot publish on {endpoint}: {err}") from err
-            self.bound.append(self._socket.getsockopt_string(zmq.LAST_ENDPOINT))
+            self.bound.append(endpoint if connect else self._socket.getsockopt_string(zmq.LAST_ENDPOINT))
         self._seq: dict[tuple[str, str], int] = defaultdict(int)
         self._lock = threading.Lock()  # sockets are not thread-safe; the engine may publish from two threads
         self.sent = 0
@@ -65,11 +68,15 @@ class Publisher:
                 "capture_time": round(self.wall(capture), 6), "publish_time": round(time.time(), 6), **payload,
             }
             try:
-                self._socket.send_multipart([name.encode(), json.dumps(message).encode()], flags=zmq.NOBLOCK)
+                self._socket.send_multipart(self._frames(name, message), flags=zmq.NOBLOCK)
                 self.sent += 1
             except zmq.Again:
                 self.refused += 1
         return message
+
+    def _frames(self, name: str, message: dict[str, Any]) -> list[bytes]:
+        """The multipart message on the wire; a cluster worker appends a frame its proxy strips."""
+        return [name.encode(), json.dumps(message).encode()]
 
     def close(self) -> None:
         with self._lock:

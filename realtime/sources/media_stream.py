@@ -39,6 +39,7 @@ from avbind.realtime.sources.decode import (
     AUDIO_SLIP_S,
     CLOCK_JUMP_AHEAD_S,
     CLOCK_JUMP_BACK_S,
+    SEEK_MARGIN_S,
     AudioRun,
     FileTimeline,
     media_origin,
@@ -170,8 +171,14 @@ class MediaStreamSource(Source):
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
         options: dict[str, str] | None = None,
+        start_s: float = 0.0,
     ) -> None:
         super().__init__()
+        if not start_s >= 0 or not math.isfinite(start_s):
+            raise ValueError(f"start_s must be a finite number >= 0, got {start_s}")
+        # Where the stream's timeline starts: a stream resumed on another cluster worker continues
+        # there. A file seeks to it; a network stream's first connection starts its timeline at it.
+        self.start_s = float(start_s)
         if speed < 0:
             raise ValueError(f"speed must be >= 0 (0 or inf: unpaced), got {speed}")
         self.url = os.fspath(url_or_path)
@@ -210,6 +217,8 @@ class MediaStreamSource(Source):
     # -- connection loop ------------------------------------------------------------------------
 
     def _serve(self, sink: SourceSink, origin: float) -> None:
+        if self.paced and not self.is_network:
+            origin -= self.start_s / self.speed  # the resumed point plays at once, not after start_s
         failures = 0  # consecutive attempts that delivered nothing
         delay = self.backoff_s
         lost_at = time.monotonic()  # when the stream was last lost (or first asked for)
@@ -304,6 +313,16 @@ class MediaStreamSource(Source):
             conn.audio = AudioRun(self.sample_rate)
         else:
             conn.timeline = FileTimeline(media_origin(streams), self.sample_rate)
+            seek_to = self.start_s - SEEK_MARGIN_S
+            if seek_to > 0:  # the keyframe before the margin: the frame at start_s and its audio decode whole
+                anchor = video or audio
+                if anchor.time_base:
+                    try:
+                        container.seek(int((conn.timeline.origin + seek_to) / anchor.time_base), stream=anchor,
+                                       backward=True, any_frame=False)
+                    except (av.error.FFmpegError, OSError) as err:
+                        self._decode_warning(sink, f"cannot seek to {self.start_s:.1f} s ({_describe(err)}); "
+                                                   "decoding from the start")
         try:
             for packet in container.demux(*streams):
                 if self.stopped:
@@ -339,7 +358,7 @@ class MediaStreamSource(Source):
         if conn.base is None:
             hint = conn.start_hint
             conn.base = hint if hint is not None and abs(pts - hint) < CLOCK_JUMP_AHEAD_S else pts
-            conn.offset = 0.0 if conn.first else max(conn.arrival - origin, self._last_time)
+            conn.offset = self.start_s if conn.first else max(conn.arrival - origin, self._last_time)
         return pts - conn.base + conn.offset
 
     def _restart_timeline(self, pts: float, conn: _Connection, sink: SourceSink, origin: float, why: str) -> None:
@@ -380,6 +399,8 @@ class MediaStreamSource(Source):
                     self._restart_timeline(pts, conn, sink, origin, f"video timestamps jumped by {jump:+.1f} s")
             conn.last_video_pts = pts
             t = self._stream_time(pts, conn, origin)
+        if conn.timeline is not None and t < self.start_s - 1e-6:
+            return  # before the resumed point: decoded only to reach it
         if self.paced and time.monotonic() - (origin + t / self.speed) > LATE_FRAME_S:
             # Decoding cannot keep up (a huge picture, a slow machine): skip the colour conversion
             # and catch up, so latency stays bounded instead of growing without end.
@@ -495,6 +516,13 @@ class MediaStreamSource(Source):
     def _deliver_audio(self, chunks: list[tuple[float, np.ndarray]], conn: _Connection, sink: SourceSink,
                        origin: float) -> None:
         for t, samples in chunks:
+            if conn.timeline is not None and t < self.start_s - 1e-6:
+                # Before the resumed point: cut. Audio there would start the stream's steps before
+                # its first frame, repeating segments another worker already published.
+                skip = round((self.start_s - t) * self.sample_rate)
+                if skip >= len(samples):
+                    continue
+                t, samples = t + skip / self.sample_rate, samples[skip:]
             self._hold(conn, sink, origin, "audio", t, t + len(samples) / self.sample_rate, samples)
 
     def _decode_warning(self, sink: SourceSink, problem: str, count: bool = True) -> None:

@@ -13,8 +13,10 @@ import re
 from avbind.realtime.sources.base import Source
 
 
-def open_source(spec: str, sample_rate: int = 16_000, speed: float = 1.0, reconnect_for_s: float | None = None
-                ) -> Source:
+def open_source(spec: str, sample_rate: int = 16_000, speed: float = 1.0, reconnect_for_s: float | None = None,
+                start_s: float = 0.0) -> Source:
+    """``start_s``: where a file starts playing, and a network stream's timeline starts (a stream
+    resumed on another cluster worker); cameras, microphones and the synthetic stream start live."""
     spec = spec.strip()
     if not spec:
         raise ValueError("empty source: give a file, URL, camera index, 'mic' or 'synthetic'")
@@ -37,7 +39,7 @@ def open_source(spec: str, sample_rate: int = 16_000, speed: float = 1.0, reconn
     # Refuse now, in one line, what would block the caller (a FIFO) or can never play (a directory).
     if (problem := not_regular_file(spec)) is not None:
         raise ValueError(f"{_shown(spec)}: {problem}")
-    return MediaStreamSource(spec, sample_rate=sample_rate, speed=speed, give_up_s=reconnect_for_s)
+    return MediaStreamSource(spec, sample_rate=sample_rate, speed=speed, give_up_s=reconnect_for_s, start_s=start_s)
 
 
 class _FilteringSink:
@@ -83,7 +85,7 @@ def _shown(spec: str) -> str:
 
 def stream_sources(
     video: str | None, audio: str | None, sample_rate: int = 16_000, speed: float = 1.0,
-    reconnect_for_s: float | None = None,
+    reconnect_for_s: float | None = None, start_s: float = 0.0,
 ) -> list[Source]:
     """The sources of one stream: a video spec, an audio spec, or both (a media spec given for video
     contributes its own audio unless a separate audio source is named)."""
@@ -91,12 +93,12 @@ def stream_sources(
         raise ValueError("a stream needs --video, --audio or both")
     sources: list[Source] = []
     if video is not None:
-        source = open_source(video, sample_rate, speed, reconnect_for_s)
+        source = open_source(video, sample_rate, speed, reconnect_for_s, start_s)
         if not source.has_video:
             raise ValueError(f"--video {_shown(video)}: this source has no video")
         sources.append(ModalitySelection(source, video=True, audio=audio is None) if audio else source)
     if audio is not None:
-        source = open_source(audio, sample_rate, speed, reconnect_for_s)
+        source = open_source(audio, sample_rate, speed, reconnect_for_s, start_s)
         if not source.has_audio:
             raise ValueError(f"--audio {_shown(audio)}: this source has no audio")
         sources.append(ModalitySelection(source, video=False, audio=True) if source.has_video else source)

@@ -91,9 +91,14 @@ class StreamAligner:
             self.log_mel.write(self._log_mel_stream.push(new))
 
     def first_step_index(self, rate: float, video: bool) -> int | None:
-        """The first step the buffered data can serve (a stream's steps start with its data)."""
+        """The first step the buffered data can serve (a stream's steps start with its data).
+
+        Never before time 0: a network stream's audio can arrive ahead of its first video frame
+        with a slightly negative time (the timeline starts at the video's start), and a step -1
+        would be a segment -1 that no subscriber expects.
+        """
         start = self.frames.first_time if video else self.samples.start_time
-        return None if start is None else math.ceil(start * rate - EPSILON_S)
+        return None if start is None else max(0, math.ceil(start * rate - EPSILON_S))
 
     def _window(self, t: float) -> tuple[int, int]:
         return log_mel_window_range(t, self.settings, self.info.window_frames, self.info.audio_end_offset_s,
