@@ -10,6 +10,13 @@ log = logging.getLogger(__name__)
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.from_onnx is not None:  # only the deployment steps: no torch needed
+        if args.int8 or args.input_size:
+            raise SystemExit("avbind export: --int8 and --input-size need the model, not --from-onnx")
+        if not args.triton and not args.tensorrt:
+            raise SystemExit("avbind export: --from-onnx needs --triton DIR or --tensorrt")
+        _deploy(args, args.from_onnx, args.from_onnx)
+        return 0
     from avbind.export.onnx import export_model
     from avbind.models.checkpoint import load_model
 
@@ -39,6 +46,20 @@ def _export(args: argparse.Namespace) -> int:
         quantize_model(args.out, int8_path, streams)
         print(f"int8 QDQ ONNX: {int8_path}")
         onnx_for_engine = int8_path
+    _deploy(args, Path(args.out), onnx_for_engine)
+    return 0
+
+
+def _deploy(args: argparse.Namespace, onnx_path: Path, onnx_for_engine: Path) -> None:
+    """The Triton repository (from the fp32 file) and the TensorRT engine (from int8 if made)."""
+    if args.triton:
+        from avbind.export.triton import write_triton_repository
+
+        triton = write_triton_repository(onnx_path, args.triton, max_candidate_sequences=args.triton_sequences,
+                                         idle_timeout_s=args.triton_idle_s, max_batch=args.triton_max_batch)
+        renamed = f"; {len(triton.renamed) // 2} state pairs renamed to sort alike" if triton.renamed else ""
+        print(f"Triton model repository: {triton.folder} ({len(triton.states)} implicit states{renamed}; "
+              "not run here)")
     if args.tensorrt:
         from avbind.export.tensorrt import EngineOptions, build_engine
 
@@ -47,7 +68,6 @@ def _export(args: argparse.Namespace) -> int:
                                 max_batch=args.engine_max_batch)
         engine = build_engine(onnx_for_engine, onnx_for_engine.with_suffix(".engine"), options)
         print(f"TensorRT engine: {engine}")
-    return 0
 
 
 def _at_input_size(model, size: int):
@@ -70,6 +90,8 @@ def add_export_cli(subparsers: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="trained checkpoint (default: the shipped avbind-s)")
     source.add_argument("--config", help="export a configuration with random weights (for timing)")
+    source.add_argument("--from-onnx", type=Path, metavar="FILE",
+                        help="skip the export: write --triton / --tensorrt from this step-model ONNX file")
     p.add_argument("--out", type=Path, default=Path("avbind-s.onnx"), help="ONNX file to write")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--input-size", type=int, help="export at this frame size (px, multiple of 32) instead")
@@ -81,4 +103,10 @@ def add_export_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs TensorRT and a GPU)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="TensorRT precision without --int8")
     p.add_argument("--engine-max-batch", type=int, default=16, help="TensorRT optimisation profile's largest batch")
+    p.add_argument("--triton", type=Path, metavar="DIR",
+                   help="also write a Triton model repository (sequence batcher, implicit state) here")
+    p.add_argument("--triton-sequences", type=int, default=64, help="Triton: max_candidate_sequences (cameras "
+                                                                       "batched at once)")
+    p.add_argument("--triton-idle-s", type=float, default=60.0, help="Triton: a sequence idle this long is dropped")
+    p.add_argument("--triton-max-batch", type=int, default=16, help="Triton: max_batch_size")
     p.set_defaults(func=_export)

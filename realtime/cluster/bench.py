@@ -76,8 +76,20 @@ class _Steps(threading.Thread):
             return next((at for at, kind in self.arrivals.get(stream, []) if at > since and kind == "step"), None)
 
 
+def _spread_names(cluster: Cluster, streams: int) -> list[str]:
+    """Names whose first choice on the ring goes round the workers: the bench measures capacity,
+    not the luck of hashing a handful of names (which can put 4 of 4 on one worker)."""
+    workers = sorted(cluster.workers)
+    names: list[str] = []
+    for i in range(streams):
+        want = workers[i % len(workers)]
+        names.append(next(f"bench{i}-{k}" for k in range(10_000)
+                          if cluster.placement.candidates(f"bench{i}-{k}")[0] == want))
+    return names
+
+
 def _held(cluster: Cluster, clip: Path, streams: int, seconds: float, rate_hz: float, max_p99_ms: float) -> dict:
-    names = [f"bench{i}" for i in range(streams)]
+    names = _spread_names(cluster, streams)
     for name in names:
         cluster.add(name, str(clip), None)
     time.sleep(seconds)
@@ -111,18 +123,77 @@ def _most_held(cluster: Cluster, clip: Path, seconds: float, rate_hz: float, max
     return held, sorted(runs, key=lambda r: r["streams"])
 
 
+def proxy_throughput(messages: int = 50_000) -> dict[str, Any]:
+    """Messages per second through the proxy's renumbering, one worker socket to one subscriber,
+    each a real segment-sized JSON message: the ceiling of one driver's proxy."""
+    from avbind.realtime.cluster.proxy import SeqProxy
+
+    context = zmq.Context.instance()
+    proxy = SeqProxy("tcp://127.0.0.1:*", context=context)
+    proxy.start()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect(proxy.bound[0])
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.connect(proxy.frontend_bound)
+    time.sleep(0.5)
+    body = {"schema_version": 1, "type": "segment", "stream": "cam", "seq": 0, "capture_time": 0.0,
+            "publish_time": 0.0, "segment": 0, "start": 0.0, "end": 1.0, "label": "x" * 30, "class_index": 1,
+            "confidence": 0.5, "is_background": False, "top": [{"label": "x" * 30, "score": 0.5}] * 3,
+            "steps": 5, "degraded_steps": 0}
+    received = 0
+    started = time.perf_counter()
+    for i in range(messages):
+        body["seq"] = i
+        pub.send_multipart([b"avbind/cam/segment", json.dumps(body).encode(), b"1:w0:1"])
+        while sub.poll(0):
+            sub.recv_multipart()
+            received += 1
+    while received < messages and sub.poll(2000):
+        sub.recv_multipart()
+        received += 1
+    seconds = time.perf_counter() - started
+    pub.close()
+    sub.close()
+    proxy.close()
+    return {"messages": messages, "received": received, "seconds": round(seconds, 3),
+            "messages_per_s": round(received / seconds), "note": "sender, proxy and subscriber on this machine"}
+
+
 def run_cluster_bench(model: str | None = None, cores: int | None = None, seconds: float = 8.0, max_streams: int = 32,
                       max_p99_ms: float = 100.0, round_trips: int = 50, kills: int = 2) -> dict[str, Any]:
     import ray
 
     cores = cores or len(os.sched_getaffinity(0))
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as avbind serve does (see serve.py)
     ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING", configure_logging=False)
     report: dict[str, Any] = {"machine": machine(), "criterion": f"no skipped step, >= 95% of steps run, "
                                                                  f"end-to-end p99 <= {max_p99_ms:g} ms",
                               "seconds_per_run": seconds, "configurations": []}
+    report["proxy"] = proxy_throughput()
     try:
         with tempfile.TemporaryDirectory() as workdir:
             clip = write_bench_clip(Path(workdir) / "bench-camera.mp4", seconds=int(np.ceil(seconds)) + 3)
+            # The baseline, in this run: one engine in this process, no Ray, all cores.
+            from avbind.models.weights import default_onnx
+            from avbind.realtime.backends import create_backend
+            from avbind.realtime.bench import held_real_time, run_engine
+
+            backend = create_backend(model or default_onnx(), "onnxruntime", intra_op_threads=cores)
+            held, runs, n, failed = 0, [], 1, max_streams + 1
+            while n < failed and n > held:
+                run = run_engine(backend, clip, n, seconds)
+                runs.append({k: run[k] for k in ("streams", "steps", "steps_expected", "steps_skipped", "latency_ms")})
+                if held_real_time(run, max_p99_ms):
+                    held = n
+                else:
+                    failed = n
+                n = min(2 * n, max_streams) if failed > max_streams and n < max_streams else (held + failed) // 2
+            report["baseline_one_engine_in_process"] = {"threads": cores, "streams_held": held,
+                                                         "runs": sorted(runs, key=lambda r: r["streams"])}
+            del backend
             stream = StreamSettings(outputs=OutputSettings(publish_steps=True))
             for workers, threads in ((1, cores), (cores, 1)):
                 settings = ServeSettings(workers=workers, threads=threads, capacity=max_streams, model=model,
@@ -197,6 +268,12 @@ def format_cluster_bench(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"cluster bench on {m['cpu']} ({m['cores']} cores); {STREAM_FPS} fps camera-like streams, "
              f"{report['criterion']}"]
+    base = report.get("baseline_one_engine_in_process")
+    if base:
+        lines.append(f"  baseline, one engine in this process ({base['threads']} threads, no Ray): "
+                     f"{base['streams_held']} streams held")
+    if "proxy" in report:
+        lines.append(f"  proxy: {report['proxy']['messages_per_s']} messages/s renumbered and forwarded")
     for c in report["configurations"]:
         lines.append(f"  {c['workers']} worker(s) x {c['threads_per_worker']} thread(s): "
                      f"{c['streams_held']} streams held")

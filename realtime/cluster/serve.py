@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -117,6 +118,10 @@ class Cluster:
         if ray.is_initialized():  # a caller's cluster (the bench, a notebook): use it, leave it running
             host = s.bind_host or "127.0.0.1"
         elif s.ray_address is None:
+            # Ray runs workers at niceness 15 by default (so its own daemons win); a real-time
+            # engine must not lose the CPU to every ordinary process. `ray start` takes the same
+            # variable on the nodes of a joined cluster.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=s.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=True, configure_logging=False)
             self._started_ray = True

@@ -109,6 +109,7 @@ class EngineWorker:
         self._states: dict[str, str] = {}  # stream -> state of its last status
         self._messages: dict[str, str] = {}
         self._specs: dict[str, dict[str, Any]] = {}
+        self._epochs: dict[int, int] = {}  # id(Stream) -> the placement epoch it runs under
         self._lock = threading.Lock()
         self.engine.listeners.append(self._on_message)
         self.engine.start()
@@ -168,13 +169,17 @@ class EngineWorker:
             self._specs[name] = {"video": video, "audio": audio, "epoch": epoch, "start_s": start_s}
             self._states[name] = "reconnecting" if resumed else "starting"
         self.publisher.origins[name] = f"{epoch}:{self.worker_id}:{self.pid}".encode()
-        self.engine.add_stream(name, sources, self.stream_settings, resumed=resumed)
+        stream = self.engine.add_stream(name, sources, self.stream_settings, resumed=resumed)
+        with self._lock:
+            self._epochs[id(stream)] = epoch  # a re-added name must not inherit an old run's report
         return self.ping()
 
     def remove(self, name: str, publish: bool = True) -> dict[str, Any]:
-        self.engine.remove_stream(name, publish=publish)
+        stream = self.engine.remove_stream(name, publish=publish)
+        self.engine.finished_streams.pop(name, None)  # removed by the driver: nothing to report
         with self._lock:
             self._specs.pop(name, None)
+            self._epochs.pop(id(stream), None)
         return self.ping()
 
     def retain(self, names: list[str]) -> dict[str, Any]:
@@ -200,7 +205,7 @@ class EngineWorker:
         with self._lock:
             state = "ended" if ended else self._states.get(name, "starting")
             message = self._messages.get(name, "")
-            epoch = self._specs.get(name, {}).get("epoch")
+            epoch = self._epochs.pop(id(stream), None) if ended else self._epochs.get(id(stream))
             if ended:
                 self._states.pop(name, None)
                 self._specs.pop(name, None)
