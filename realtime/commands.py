@@ -25,6 +25,7 @@ from avbind.realtime.postprocess.events import DetectorSettings
 from avbind.realtime.postprocess.stream_outputs import OutputSettings
 from avbind.realtime.publish.messages import check_stream_name
 from avbind.realtime.publish.publisher import Publisher
+from avbind.realtime.publish.security import Curve
 from avbind.realtime.publish.subscriber import Subscriber, format_message
 from avbind.realtime.scheduler.stream import StreamSettings
 from avbind.realtime.views.terminal import TerminalView
@@ -51,16 +52,43 @@ def open_backend(model: Path | None, backend: str, threads: int = 0) -> Backend:
         sys.exit(f"avbind: cannot open model {model} with backend {backend}: {err}")
 
 
-def open_publisher(endpoints: list[str], fallback: bool) -> Publisher:
-    """Bind the publisher; the demo falls back to a free port rather than fail on a busy default."""
+def curve_from_args(args: argparse.Namespace) -> Curve | None:
+    """The server key pair of ``--curve-secret``, or exit with one line saying what is wrong with it."""
+    from avbind.realtime.publish.security import CurveKeyError, check_allow_dir, server_curve
+
+    secret, allow = getattr(args, "curve_secret", None), getattr(args, "curve_allow", None)
+    if allow is not None and secret is None:
+        sys.exit(f"avbind {args.command}: --curve-allow needs --curve-secret (the server's key pair)")
     try:
-        return Publisher(endpoints)
+        if allow is not None:
+            check_allow_dir(allow)
+        return None if secret is None else server_curve(secret)
+    except CurveKeyError as err:
+        sys.exit(f"avbind {args.command}: {err}")
+
+
+def open_publisher(endpoints: list[str], fallback: bool, args: argparse.Namespace | None = None) -> Publisher:
+    """Bind the publisher; the demo falls back to a free port rather than fail on a busy default."""
+    from avbind.realtime.publish.security import warn_if_open
+
+    curve = curve_from_args(args) if args is not None else None
+    allow = getattr(args, "curve_allow", None)
+    try:
+        publisher = Publisher(endpoints, curve=curve, curve_allow=allow)
     except ValueError as err:
         if not fallback:
             sys.exit(f"avbind: {err}")
-        publisher = Publisher("tcp://127.0.0.1:*")
+        publisher = Publisher("tcp://127.0.0.1:*", curve=curve, curve_allow=allow)
         print(f"{err}; publishing on {publisher.bound[0]} instead", file=sys.stderr)
-        return publisher
+    warn_if_open(publisher.endpoints, curve)
+    return publisher
+
+
+def add_curve_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--curve-secret", type=Path, metavar="FILE",
+                   help="encrypt what is published with this CURVE key pair (NAME.key_secret of avbind keys generate)")
+    p.add_argument("--curve-allow", type=Path, metavar="DIR",
+                   help="only subscribers whose public key (.key) is in DIR may connect (read at each connection)")
 
 
 def _number(
@@ -158,13 +186,14 @@ def demo_command(args: argparse.Namespace) -> int:
     from avbind.realtime.sources.synthetic import SyntheticSource
 
     backend = open_backend(args.model, args.backend, args.threads)
-    publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT)
+    publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT, args=args)
     endpoint = publisher.bound[0]
     engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
     segments: list[dict[str, Any]] = []
     engine.listeners.append(lambda m: segments.append(m) if m["type"] == "segment" else None)
     source = SyntheticSource(seed=args.seed, speed=args.speed)
-    view = TerminalView(Subscriber(endpoint, types=("segment", "event", "status")), truth=source.truth,
+    view = TerminalView(Subscriber(endpoint, types=("segment", "event", "status"), curve=publisher.viewer_curve()),
+                        truth=source.truth,
                         class_names=[*CLASS_NAMES, "background"])
     time.sleep(0.2)  # let the subscriber connect before the first message (ZeroMQ's slow joiner)
     print(f"avbind demo: synthetic audio-visual stream -> {backend.info.name}")
@@ -300,14 +329,14 @@ def run_command(args: argparse.Namespace) -> int:
                    for n, (v, a) in zip(names, pairs, strict=True)]
     except ValueError as err:
         sys.exit(f"avbind run: {err}")
-    publisher = open_publisher(args.publish or [DEFAULT_ENDPOINT], fallback=False)
+    publisher = open_publisher(args.publish or [DEFAULT_ENDPOINT], fallback=False, args=args)
     engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
     problems: dict[str, str] = {}  # stream -> its last source error
     engine.listeners.append(lambda m: problems.__setitem__(m["stream"], m["message"])
                             if m["type"] == "status" and m.get("level") == "error" else None)
     if args.quiet:
         engine.listeners.append(_print_run_problems)
-    view = None if args.quiet else TerminalView(Subscriber(publisher.bound[0]))
+    view = None if args.quiet else TerminalView(Subscriber(publisher.bound[0], curve=publisher.viewer_curve()))
     with _StopSignals() as signals:
         time.sleep(0.2)  # ZeroMQ's slow joiner: let the view connect first
         print(f"avbind run: {len(streams)} stream(s) -> {backend.info.name} on {engine.backend_name}; "
@@ -370,7 +399,7 @@ def live_command(args: argparse.Namespace) -> int:
     from avbind.realtime.views.overlay import OverlayView, display_available
 
     backend = open_backend(args.model, args.backend, args.threads)
-    publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT)
+    publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT, args=args)
     engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
     camera = int(args.camera) if str(args.camera).isdigit() else args.camera
     sources = [WebcamSource(camera)]
@@ -379,7 +408,7 @@ def live_command(args: argparse.Namespace) -> int:
         sources.append(MicrophoneSource(int(mic) if mic and mic.isdigit() else mic,
                                         sample_rate=backend.info.features.sample_rate))
     window = not args.no_window and display_available()  # --no-window never touches HighGUI
-    view = None if window else TerminalView(Subscriber(publisher.bound[0]))
+    view = None if window else TerminalView(Subscriber(publisher.bound[0], curve=publisher.viewer_curve()))
     print(f"avbind live: camera {args.camera}{'' if args.no_mic else ' + microphone'} -> {backend.info.name} on "
           f"{engine.backend_name}; publishing on {publisher.bound[0]}"
           f"{'' if window else ' (no display: terminal view)'}", file=sys.stderr)
@@ -400,7 +429,7 @@ def live_command(args: argparse.Namespace) -> int:
                 overlay.run(until=until, done=stopped)
             except RuntimeError as err:  # the window process failed to open a window after all
                 print(f"avbind live: {err}; terminal view", file=sys.stderr)
-                view = TerminalView(Subscriber(publisher.bound[0]))
+                view = TerminalView(Subscriber(publisher.bound[0], curve=publisher.viewer_curve()))
                 view.run(until=until, stop_when_ended=True, done=stopped)
         else:
             view.run(until=until, stop_when_ended=True, done=stopped)
@@ -415,6 +444,19 @@ def _print_source_problems(message: dict[str, Any]) -> None:
         print(f"avbind live: {message.get('stream')}: {message.get('message')}", file=sys.stderr, flush=True)
 
 
+# keys ----------------------------------------------------------------------------------------
+def keys_command(args: argparse.Namespace) -> int:
+    from avbind.realtime.publish.security import generate_keys
+
+    try:
+        public, secret = generate_keys(args.folder, args.name)
+    except ValueError as err:
+        sys.exit(f"avbind keys generate: {err}")
+    print(f"public key (give to the other side, or put in a --curve-allow folder): {public}")
+    print(f"secret key (keep private, mode 0600): {secret}")
+    return 0
+
+
 # listen --------------------------------------------------------------------------------------
 def listen_command(args: argparse.Namespace) -> int:
     """Print what a publisher sends; malformed messages are skipped and counted, never fatal.
@@ -424,8 +466,18 @@ def listen_command(args: argparse.Namespace) -> int:
     import zmq
 
     types = tuple(args.topic) if args.topic else ("segment", "event", "status")
+    curve = None
+    if args.curve_server is not None or args.curve_secret is not None:
+        from avbind.realtime.publish.security import CurveKeyError, client_curve
+
+        if args.curve_server is None or args.curve_secret is None:
+            sys.exit("avbind listen: CURVE needs both --curve-server SERVER.key and --curve-secret CLIENT.key_secret")
+        try:
+            curve = client_curve(args.curve_server, args.curve_secret)
+        except CurveKeyError as err:
+            sys.exit(f"avbind listen: {err}")
     try:
-        subscriber = Subscriber(args.endpoint, stream=args.stream, types=types)
+        subscriber = Subscriber(args.endpoint, stream=args.stream, types=types, curve=curve)
     except (ValueError, zmq.ZMQError) as err:
         sys.exit(f"avbind listen: cannot connect to {args.endpoint!r}: {err}")
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
@@ -460,6 +512,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--publish", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to publish on")
     demo.add_argument("--json", type=Path, help="write the summary as JSON here")
     _add_engine_options(demo)
+    add_curve_server_options(demo)
     demo.set_defaults(func=_check_engine_options(demo, demo_command))
 
     run = sub.add_parser("run", help="recognize files, cameras, microphones and network streams; publish over ZeroMQ")
@@ -480,6 +533,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                      help="how long a network source that lost its stream keeps reconnecting before its stream "
                           "ends (s; inf: forever; default 120)")
     _add_engine_options(run)
+    add_curve_server_options(run)
     run.set_defaults(func=_check_engine_options(run, run_command))
 
     live = sub.add_parser("live", help="webcam + microphone with an overlay window (terminal view without a display)")
@@ -490,6 +544,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     live.add_argument("--publish", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to publish on")
     live.add_argument("--seconds", type=_number(above=0), help="stop after this long")
     _add_engine_options(live)
+    add_curve_server_options(live)
     live.set_defaults(func=_check_engine_options(live, live_command))
 
     devices = sub.add_parser("devices", help="list the cameras and microphones --video and --audio can open")
@@ -504,6 +559,15 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     listen.add_argument("--json", action="store_true", help="print raw JSON messages")
     listen.add_argument("--seconds", type=_number(above=0), help="stop after this long")
     listen.add_argument("--count", type=_number(minimum=1, integer=True), help="stop after this many messages")
+    listen.add_argument("--curve-server", type=Path, metavar="FILE", help="the engine's public CURVE key (SERVER.key)")
+    listen.add_argument("--curve-secret", type=Path, metavar="FILE", help="this subscriber's key pair (.key_secret)")
+
+    keys = sub.add_parser("keys", help="CURVE key pairs for encrypted, authenticated publishing")
+    keys_sub = keys.add_subparsers(dest="keys_action", required=True)
+    generate = keys_sub.add_parser("generate", help="write DIR/NAME.key (public) and DIR/NAME.key_secret (0600)")
+    generate.add_argument("folder", type=Path)
+    generate.add_argument("--name", required=True, help="file name of the pair (e.g. server, alice)")
+    generate.set_defaults(func=keys_command)
     listen.set_defaults(func=listen_command)
 
 

@@ -260,8 +260,15 @@ class Engine:
         return {
             "state": state, "level": level, "message": message, "backend": self.backend_name,
             "fps": round(fps, 2), "steps": stream.counters.steps, "steps_per_s": round(steps_per_s, 2),
-            "drops": stream.drops(), "latency_ms": percentiles_ms(latencies), "sources": stream.source_names(),
+            "drops": self._drops(stream), "latency_ms": percentiles_ms(latencies), "sources": stream.source_names(),
         }
+
+    def _drops(self, stream: Stream) -> dict[str, int]:
+        drops = stream.drops()
+        refused = getattr(self.publisher, "subscriptions_refused", 0)
+        if refused:  # subscriptions the publisher would not store (too long, no avbind topic, too many)
+            drops["subscriptions_refused"] = refused
+        return drops
 
     def _heartbeat(self, now: float) -> None:
         for stream in self.streams.values():

@@ -18,8 +18,9 @@ def serve_command(args: argparse.Namespace) -> int:
         sys.exit("avbind serve needs Ray: pip install 'avbind[cluster]'")
     from avbind.realtime.cluster.control import ControlError
     from avbind.realtime.cluster.serve import Cluster, ServeSettings
-    from avbind.realtime.commands import DEFAULT_ENDPOINT, _StopSignals, stream_settings
+    from avbind.realtime.commands import DEFAULT_ENDPOINT, _StopSignals, curve_from_args, stream_settings
     from avbind.realtime.engine import EngineSettings
+    from avbind.realtime.publish.security import warn_if_open
 
     videos, audios, names = args.video or [], args.audio or [], args.name or []
     pairs = [(v, audios[i] if i < len(audios) else None) for i, v in enumerate(videos)]
@@ -33,8 +34,10 @@ def serve_command(args: argparse.Namespace) -> int:
         publish=args.publish or [DEFAULT_ENDPOINT], control=args.control, ray_address=args.ray_address,
         num_cpus=args.num_cpus, max_restarts=args.max_restarts, bind_host=args.bind_host,
         engine=EngineSettings(batch_wait_s=args.batch_wait_ms / 1000), stream=stream_settings(args),
-        speed=args.speed, reconnect_for_s=args.reconnect_for_s,
+        speed=args.speed, reconnect_for_s=args.reconnect_for_s, curve=curve_from_args(args),
+        curve_allow=None if args.curve_allow is None else str(args.curve_allow),
     )
+    warn_if_open(settings.publish, settings.curve)
     cluster = Cluster(settings)
     try:
         cluster.start()
@@ -108,6 +111,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         _check_engine_options,
         _number,
         _stream_name,
+        add_curve_server_options,
     )
 
     serve = sub.add_parser("serve", help="run streams on a Ray cluster of engine workers behind one endpoint "
@@ -135,6 +139,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                        help="how long a network source keeps reconnecting (s)")
     serve.add_argument("--seconds", type=_number(above=0), help="stop after this long (default: at SIGINT/SIGTERM)")
     _add_engine_options(serve)
+    add_curve_server_options(serve)
     for action in serve._actions:  # --threads means per worker here
         if action.dest == "threads":
             action.help = "ONNX Runtime intra-op threads per worker, also the CPUs Ray reserves for it (0: 1)"

@@ -25,9 +25,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
+
+from avbind.realtime.publish.security import Curve, apply_server
+from avbind.realtime.publish.subscription_guard import SubscriptionGuard
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,8 @@ class SeqProxy:
     ``bound``)."""
 
     def __init__(self, publish: str | list[str], frontend: str = "tcp://127.0.0.1:*", hwm: int = DEFAULT_HWM,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: Curve | None = None,
+                 curve_allow: str | Path | None = None) -> None:
         self._context = context or zmq.Context.instance()
         self._xsub = self._context.socket(zmq.XSUB)
         self._xpub = self._context.socket(zmq.XPUB)
@@ -63,6 +68,9 @@ class SeqProxy:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, hwm)
             sock.setsockopt(zmq.SNDHWM, hwm)
+        self.guard = SubscriptionGuard(self._xpub)  # subscribers cannot grow the driver either
+        if curve is not None:  # the subscribers' side only; the workers' side is the cluster's own network
+            apply_server(self._xpub, curve, curve_allow)
         try:
             self._xsub.bind(frontend)
             self.frontend_bound = self._xsub.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -142,12 +150,8 @@ class SeqProxy:
                 if self._stop.is_set():
                     return
                 raise
-            if self._xpub in events:  # subscriptions: the XPUB filters itself; read them off the queue
-                while True:
-                    try:
-                        self._xpub.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+            if self._xpub in events:  # subscriptions, vetted and applied by the guard
+                self.guard.drain()
             with self._lock:
                 outbox, self._outbox = self._outbox, []
             for frames in outbox:

@@ -31,6 +31,7 @@ from avbind.realtime.cluster.placement import Placement, PlacementFullError
 from avbind.realtime.cluster.proxy import SeqProxy
 from avbind.realtime.engine import EngineSettings
 from avbind.realtime.publish.messages import check_stream_name
+from avbind.realtime.publish.security import Curve
 from avbind.realtime.scheduler.stream import StreamSettings
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class ServeSettings:
     speed: float = 1.0
     reconnect_for_s: float | None = 120.0
     driver_lost_s: float = 5.0
+    curve: Curve | None = None  # encrypt the published endpoint (security.py)
+    curve_allow: str | None = None  # only these subscribers' public keys
 
 
 @dataclass
@@ -129,7 +132,8 @@ class Cluster:
         else:
             ray.init(address=s.ray_address, logging_level=logging.WARNING, log_to_driver=True, configure_logging=False)
             host = s.bind_host or ray.util.get_node_ip_address()
-        self.proxy = SeqProxy(s.publish, frontend=f"tcp://{host}:*", context=self._context)
+        self.proxy = SeqProxy(s.publish, frontend=f"tcp://{host}:*", context=self._context, curve=s.curve,
+                              curve_allow=s.curve_allow)
         self.proxy.start()
         gpus = s.gpus_per_worker
         if gpus is None:

@@ -13,11 +13,14 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from avbind.realtime.publish.messages import SCHEMA_VERSION, topic
+from avbind.realtime.publish.security import Curve, apply_server, local_client
+from avbind.realtime.publish.subscription_guard import SubscriptionGuard
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +28,31 @@ DEFAULT_HWM = 1000  # messages queued per subscriber before ZeroMQ drops for tha
 
 
 class Publisher:
-    """Binds one PUB socket to each endpoint (``tcp://*:5555``, ``ipc:///tmp/avbind``)."""
+    """Binds one publishing socket to each endpoint (``tcp://*:5555``, ``ipc:///tmp/avbind``)."""
 
     def __init__(self, endpoints: str | list[str], hwm: int = DEFAULT_HWM, context: zmq.Context | None = None,
-                 connect: bool = False) -> None:
+                 connect: bool = False, curve: Curve | None = None, curve_allow: str | Path | None = None) -> None:
         """``connect``: connect to the endpoints instead of binding them (a cluster worker publishing
-        into its driver's proxy, which is the one endpoint subscribers see)."""
+        into its driver's proxy, which is the one endpoint subscribers see). ``curve``: encrypt,
+        and with ``curve_allow`` admit only the public keys in that folder (see security.py)."""
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self._context = context or zmq.Context.instance()
-        self._socket = self._context.socket(zmq.PUB)
+        # Bound: an XPUB whose subscriptions the guard vets (a peer cannot grow the engine's memory);
+        # connected into a cluster proxy, a plain PUB (the proxy's own socket faces the subscribers).
+        self._socket = self._context.socket(zmq.PUB if connect else zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
+        self.guard = None if connect else SubscriptionGuard(self._socket)
+        if curve_allow is not None and curve is None:
+            self._socket.close()
+            raise ValueError("--curve-allow needs --curve-secret (the server's key pair)")
+        if curve is not None:
+            try:
+                apply_server(self._socket, curve, curve_allow)
+            except ValueError:
+                self._socket.close()
+                raise
+        self.curve = curve
         self.bound: list[str] = []
         for endpoint in self.endpoints:
             try:
@@ -46,12 +63,26 @@ class Publisher:
             self.bound.append(endpoint if connect else self._socket.getsockopt_string(zmq.LAST_ENDPOINT))
         self._seq: dict[tuple[str, str], int] = defaultdict(int)
         self._lock = threading.Lock()  # sockets are not thread-safe; the engine may publish from two threads
+        self._closed = threading.Event()
+        if self.guard is not None:  # subscriptions are read even while nothing is published
+            threading.Thread(target=self._watch_subscriptions, name="avbind-subscriptions", daemon=True).start()
         self.sent = 0
         # Sends ZeroMQ refused outright. Not a subscriber's losses: a PUB socket drops a slow
         # subscriber's messages at its high-water mark without telling the sender, so those are
         # counted where they can be, by each subscriber from ``seq`` gaps.
         self.refused = 0
         self._wall_offset = time.time() - time.monotonic()
+
+    def _watch_subscriptions(self) -> None:
+        while not self._closed.wait(0.02):
+            with self._lock:
+                if self._closed.is_set():
+                    return
+                self.guard.drain()
+
+    @property
+    def subscriptions_refused(self) -> int:
+        return 0 if self.guard is None else self.guard.refused
 
     def wall(self, monotonic_s: float) -> float:
         """Unix time of a ``time.monotonic()`` reading."""
@@ -74,10 +105,15 @@ class Publisher:
                 self.refused += 1
         return message
 
+    def viewer_curve(self) -> Curve | None:
+        """Keys for a subscriber inside this process (a terminal view), None without CURVE."""
+        return None if self.curve is None else local_client(self._socket, self.curve)
+
     def _frames(self, name: str, message: dict[str, Any]) -> list[bytes]:
         """The multipart message on the wire; a cluster worker appends a frame its proxy strips."""
         return [name.encode(), json.dumps(message).encode()]
 
     def close(self) -> None:
         with self._lock:
+            self._closed.set()
             self._socket.close()

@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from avbind.realtime.publish.messages import TYPES, check_stream_name
+from avbind.realtime.publish.security import Curve, apply_client
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Subscriber:
     stream: str | None = None  # None: every stream
     types: tuple[str, ...] = ("segment", "event", "status")
     hwm: int = 10_000
+    curve: Curve | None = None  # the server's public key and this client's key pair (security.py)
     _last_seq: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +93,8 @@ class Subscriber:
         self._socket = zmq.Context.instance().socket(zmq.SUB)
         self._socket.setsockopt(zmq.RCVHWM, self.hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            apply_client(self._socket, self.curve)
         if self.stream:
             for kind in self.types:
                 self._socket.setsockopt_string(zmq.SUBSCRIBE, f"avbind/{self.stream}/{kind}")

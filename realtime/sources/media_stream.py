@@ -399,7 +399,7 @@ class MediaStreamSource(Source):
                     self._restart_timeline(pts, conn, sink, origin, f"video timestamps jumped by {jump:+.1f} s")
             conn.last_video_pts = pts
             t = self._stream_time(pts, conn, origin)
-        if conn.timeline is not None and t < self.start_s - 1e-6:
+        if self.start_s > 0 and conn.timeline is not None and t < self.start_s - 1e-6:
             return  # before the resumed point: decoded only to reach it
         if self.paced and time.monotonic() - (origin + t / self.speed) > LATE_FRAME_S:
             # Decoding cannot keep up (a huge picture, a slow machine): skip the colour conversion
@@ -516,7 +516,7 @@ class MediaStreamSource(Source):
     def _deliver_audio(self, chunks: list[tuple[float, np.ndarray]], conn: _Connection, sink: SourceSink,
                        origin: float) -> None:
         for t, samples in chunks:
-            if conn.timeline is not None and t < self.start_s - 1e-6:
+            if self.start_s > 0 and conn.timeline is not None and t < self.start_s - 1e-6:
                 # Before the resumed point: cut. Audio there would start the stream's steps before
                 # its first frame, repeating segments another worker already published.
                 skip = round((self.start_s - t) * self.sample_rate)
