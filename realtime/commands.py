@@ -84,7 +84,25 @@ def open_publisher(endpoints: list[str], fallback: bool, args: argparse.Namespac
     return publisher
 
 
+def open_snapshot(publisher: Publisher, args: argparse.Namespace, backend: Backend, engine: Engine) -> Any:
+    """The late joiners' snapshot socket of ``--snapshot``, or None."""
+    publisher.model = {"model": backend.info.name, "backend": engine.backend_name,
+                       "classes": list(backend.info.event_names)}
+    if not getattr(args, "snapshot", None):
+        return None
+    from avbind.realtime.publish.snapshot import SnapshotServer
+
+    try:
+        server = SnapshotServer(publisher, args.snapshot, publisher.curve, getattr(args, "curve_allow", None))
+    except ValueError as err:
+        sys.exit(f"avbind {args.command}: {err}")
+    print(f"snapshots for late joiners on {server.bound}", file=sys.stderr)
+    return server
+
+
 def add_curve_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snapshot", metavar="ENDPOINT",
+                   help="also answer late joiners with every stream's current state here (avbind listen --snapshot)")
     p.add_argument("--curve-secret", type=Path, metavar="FILE",
                    help="encrypt what is published with this CURVE key pair (NAME.key_secret of avbind keys generate)")
     p.add_argument("--curve-allow", type=Path, metavar="DIR",
@@ -189,6 +207,7 @@ def demo_command(args: argparse.Namespace) -> int:
     publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT, args=args)
     endpoint = publisher.bound[0]
     engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
+    snapshots = open_snapshot(publisher, args, backend, engine)
     segments: list[dict[str, Any]] = []
     engine.listeners.append(lambda m: segments.append(m) if m["type"] == "segment" else None)
     source = SyntheticSource(seed=args.seed, speed=args.speed)
@@ -213,6 +232,8 @@ def demo_command(args: argparse.Namespace) -> int:
         print("stopped")
     engine.stop()
     view.subscriber.close()
+    if snapshots is not None:
+        snapshots.close()
     publisher.close()
     summary = demo_summary(segments, source, stream, engine, view, time.monotonic() - started)
     print(format_demo_summary(summary))
@@ -331,6 +352,7 @@ def run_command(args: argparse.Namespace) -> int:
         sys.exit(f"avbind run: {err}")
     publisher = open_publisher(args.publish or [DEFAULT_ENDPOINT], fallback=False, args=args)
     engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
+    snapshots = open_snapshot(publisher, args, backend, engine)
     problems: dict[str, str] = {}  # stream -> its last source error
     engine.listeners.append(lambda m: problems.__setitem__(m["stream"], m["message"])
                             if m["type"] == "status" and m.get("level") == "error" else None)
@@ -360,6 +382,8 @@ def run_command(args: argparse.Namespace) -> int:
             view.drain()
             view.subscriber.close()
         time.sleep(0.2)  # the publisher drops what is queued on close: let the ``ended`` statuses go out
+        if snapshots is not None:
+            snapshots.close()
         publisher.close()
         failed = _summarise_run(engine, problems)
     if signals.exit_code is not None:
@@ -401,6 +425,7 @@ def live_command(args: argparse.Namespace) -> int:
     backend = open_backend(args.model, args.backend, args.threads)
     publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT, args=args)
     engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
+    snapshots = open_snapshot(publisher, args, backend, engine)
     camera = int(args.camera) if str(args.camera).isdigit() else args.camera
     sources = [WebcamSource(camera)]
     if not args.no_mic:
@@ -434,6 +459,8 @@ def live_command(args: argparse.Namespace) -> int:
         else:
             view.run(until=until, stop_when_ended=True, done=stopped)
         engine.stop()
+    if snapshots is not None:
+        snapshots.close()
     publisher.close()
     return 0
 
@@ -483,7 +510,10 @@ def listen_command(args: argparse.Namespace) -> int:
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
     count = 0
     try:
-        while deadline is None or time.monotonic() < deadline:
+        if args.snapshot:
+            shown = _listen_late(args, subscriber, curve, deadline)
+            count = 0 if shown is None else shown
+        while not args.snapshot and (deadline is None or time.monotonic() < deadline):
             received = subscriber.receive(0.2)
             if received is None:
                 continue
@@ -501,6 +531,37 @@ def listen_command(args: argparse.Namespace) -> int:
     if subscriber.malformed:
         print(f"avbind listen: skipped {subscriber.malformed} malformed message(s)", file=sys.stderr)
     return 0
+
+
+def _listen_late(args: argparse.Namespace, subscriber: Subscriber, curve: Curve | None, deadline: float | None,
+                 ) -> int:
+    """``listen --snapshot``: the current state first, then the live messages it does not cover."""
+    from avbind.realtime.publish.snapshot import late_join
+
+    try:
+        snapshot, live = late_join(subscriber, args.snapshot, curve)
+    except TimeoutError as err:
+        sys.exit(f"avbind listen: {err}")
+    if args.json:
+        print(json.dumps({"snapshot": snapshot}), flush=True)
+    else:
+        print(f"state of {len(snapshot['streams'])} stream(s) ({snapshot.get('model', {}).get('model', '?')}):")
+        for _name, state in sorted(snapshot["streams"].items()):
+            for message in (state["status"], state["segment"], *state["open_events"]):
+                if message is not None and message["type"] in subscriber.types:
+                    print(f"  {format_message(message)}")
+        print("live:", flush=True)
+    count = 0
+    for message in live:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        if message is None:
+            continue
+        print(json.dumps(message) if args.json else format_message(message), flush=True)
+        count += 1
+        if args.count and count >= args.count:
+            break
+    return count
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
@@ -559,6 +620,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     listen.add_argument("--json", action="store_true", help="print raw JSON messages")
     listen.add_argument("--seconds", type=_number(above=0), help="stop after this long")
     listen.add_argument("--count", type=_number(minimum=1, integer=True), help="stop after this many messages")
+    listen.add_argument("--snapshot", metavar="ENDPOINT",
+                        help="the engine's --snapshot endpoint: print every stream's current state first, then "
+                             "the live messages after it (no gap, no duplicate)")
     listen.add_argument("--curve-server", type=Path, metavar="FILE", help="the engine's public CURVE key (SERVER.key)")
     listen.add_argument("--curve-secret", type=Path, metavar="FILE", help="this subscriber's key pair (.key_secret)")
 

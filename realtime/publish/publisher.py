@@ -20,11 +20,16 @@ import zmq
 
 from avbind.realtime.publish.messages import SCHEMA_VERSION, topic
 from avbind.realtime.publish.security import Curve, apply_server, local_client
+from avbind.realtime.publish.snapshot import StreamState
 from avbind.realtime.publish.subscription_guard import SubscriptionGuard
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HWM = 1000  # messages queued per subscriber before ZeroMQ drops for that subscriber
+
+
+GUARD_BATCH = 32  # messages handled per turn in each direction by the publishing thread
+FRONT_HWM = 10_000  # messages handed to the publishing thread not yet sent (beyond: counted as refused)
 
 
 class Publisher:
@@ -64,8 +69,25 @@ class Publisher:
         self._seq: dict[tuple[str, str], int] = defaultdict(int)
         self._lock = threading.Lock()  # sockets are not thread-safe; the engine may publish from two threads
         self._closed = threading.Event()
-        if self.guard is not None:  # subscriptions are read even while nothing is published
-            threading.Thread(target=self._watch_subscriptions, name="avbind-subscriptions", daemon=True).start()
+        self._states: dict[str, StreamState] = {}  # per stream, for late joiners (snapshot.py)
+        self.model: dict[str, Any] = {}  # what the engine runs, for snapshots
+        self._front: threading.Thread | None = None
+        self._outbox = self._socket  # where publish() sends
+        if self.guard is not None:
+            # The bound socket belongs to a thread of its own, fed over an inproc PAIR: libzmq does
+            # a peer's bookkeeping (a departing peer's subscriptions are removed by walking the
+            # whole subscription trie, seconds under a flood of peers) inside whichever call
+            # touches the socket next, and that must never be one of the engine's sends.
+            address = f"inproc://avbind-publisher-{id(self)}"
+            self._inbox = self._context.socket(zmq.PAIR)
+            self._inbox.setsockopt(zmq.RCVHWM, FRONT_HWM)
+            self._inbox.bind(address)
+            self._outbox = self._context.socket(zmq.PAIR)
+            self._outbox.setsockopt(zmq.SNDHWM, FRONT_HWM)
+            self._outbox.setsockopt(zmq.LINGER, 0)
+            self._outbox.connect(address)
+            self._front = threading.Thread(target=self._serve, name="avbind-publisher", daemon=True)
+            self._front.start()
         self.sent = 0
         # Sends ZeroMQ refused outright. Not a subscriber's losses: a PUB socket drops a slow
         # subscriber's messages at its high-water mark without telling the sender, so those are
@@ -73,12 +95,30 @@ class Publisher:
         self.refused = 0
         self._wall_offset = time.time() - time.monotonic()
 
-    def _watch_subscriptions(self) -> None:
-        while not self._closed.wait(0.02):
-            with self._lock:
-                if self._closed.is_set():
-                    return
-                self.guard.drain()
+    def _serve(self) -> None:
+        """Forward the engine's messages to the bound socket and vet what its peers send."""
+        poller = zmq.Poller()
+        poller.register(self._inbox, zmq.POLLIN)
+        poller.register(self._socket, zmq.POLLIN)
+        try:
+            while not self._closed.is_set():
+                ready = dict(poller.poll(100))
+                if self._inbox in ready:
+                    for _ in range(GUARD_BATCH):
+                        try:
+                            frames = self._inbox.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        try:
+                            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+                        except zmq.Again:
+                            self.refused += 1
+                # Small batches, so that neither direction waits long for the other, nor the
+                # engine for the GIL.
+                self.guard.drain(GUARD_BATCH)
+        finally:
+            self._inbox.close()
+            self._socket.close()
 
     @property
     def subscriptions_refused(self) -> int:
@@ -99,11 +139,20 @@ class Publisher:
                 "capture_time": round(self.wall(capture), 6), "publish_time": round(time.time(), 6), **payload,
             }
             try:
-                self._socket.send_multipart(self._frames(name, message), flags=zmq.NOBLOCK)
+                self._outbox.send_multipart(self._frames(name, message), flags=zmq.NOBLOCK)
                 self.sent += 1
-            except zmq.Again:
+            except zmq.Again:  # the hand-over to the publishing thread is full: counted, not waited on
                 self.refused += 1
+            self._states.setdefault(stream, StreamState()).update(message)
         return message
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every stream's last segment, last status and open events with the ``seq`` they were sent
+        at, consistent with the live feed (taken under the lock sends hold)."""
+        with self._lock:
+            streams = {name: state.describe() for name, state in self._states.items()}
+        return {"schema_version": SCHEMA_VERSION, "time": round(time.time(), 6), "model": self.model,
+                "streams": streams}
 
     def viewer_curve(self) -> Curve | None:
         """Keys for a subscriber inside this process (a terminal view), None without CURVE."""
@@ -116,4 +165,8 @@ class Publisher:
     def close(self) -> None:
         with self._lock:
             self._closed.set()
-            self._socket.close()
+            if self._front is None:
+                self._socket.close()
+                return
+            self._outbox.close()
+        self._front.join(timeout=5)

@@ -36,7 +36,7 @@ MAX_TOPIC_BYTES = len(PREFIX) + 4 * MAX_STREAM_NAME + 1 + max(len(t) for t in (*
 # CURVE subscriber in here). A peer sending more is dropped. libzmq stores what a peer subscribes to
 # (to clean up when it leaves) before the application sees it, so this bound is what limits it.
 MAX_MESSAGE_BYTES = 320
-MAX_TOPICS = 4096
+MAX_TOPICS = 1024  # distinct topics held at once; a departing peer costs libzmq a walk over all of them
 TRIM_EVERY_S = 5.0
 TRIM_QUIET_S = 0.5
 _TYPE_PREFIXES = {t[:i].encode() for t in (*TYPES, "preview") for i in range(len(t) + 1)}
