@@ -112,6 +112,8 @@ def _train(args: argparse.Namespace) -> int:
              if getattr(args, name) is not None}
     if args.no_pretrained:
         given["pretrained"] = False
+    if args.checkpointing is not None:
+        given["checkpointing"] = args.checkpointing
     backbone = {"freeze_backbone": args.freeze_backbone, "freeze_bn": args.freeze_bn,
                 "backbone_lr": args.backbone_lr, "input_size": args.input_size}
     backbone = {k: v for k, v in backbone.items() if v not in (None, False)}
@@ -126,6 +128,8 @@ def _train(args: argparse.Namespace) -> int:
 
         if args.crop_epochs is not None:
             given["crop_epochs"] = args.crop_epochs
+        if given.pop("checkpointing", None) is not None:
+            raise SystemExit("avbind train: --checkpointing applies to supervised training only (not --weak)")
         if given.pop("micro_batch", None) is not None:
             raise SystemExit("avbind train: --micro-batch applies to supervised training only (not --weak)")
         if args.format or args.annotations or args.device:
@@ -200,6 +204,10 @@ def add_train_cli(subparsers: argparse._SubParsersAction) -> None:
     for name in ("epochs", "crop_steps", "crops_per_video", "batch_size", "seed", "threads", "micro_batch"):
         shown = f"{defaults[name]}" + (f"; weak: {weak[name]}" if name in weak else "")
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"default: {shown}")
+    p.add_argument("--checkpointing", choices=("auto", "on", "off"),
+                   help="recompute the video backbone's activations in backward instead of keeping them: "
+                        "less than half the memory for one more forward pass; the same training "
+                        f"(default: {defaults['checkpointing']}, on for CPU, off for CUDA)")
     p.add_argument("--crop-epochs", type=int,
                    help=f"weak only: epochs of video-label crops before the whole-video epochs "
                         f"(default: {weak['crop_epochs']})")

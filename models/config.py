@@ -203,6 +203,11 @@ class TrainConfig:
     # 128 px: ~0.3 GB of activations per crop) for the same summed gradient, except that
     # BatchNorm then normalises over each pass's crops.
     micro_batch: int = 0
+    # Activation checkpointing of the video backbone: "auto" is on for CPU training (it keeps a
+    # batch of 8 avbind-s crops under 1.5 GB instead of 2.7 GB, for one more backbone forward per
+    # pass) and off on CUDA, where memory is rarely the limit and time is; "on" / "off" force it.
+    # The same gradients and BatchNorm statistics either way (models/video.py).
+    checkpointing: str = "auto"
     lr: float = 2e-3  # peak learning rate (AdamW), after warm-up, cosine decay to 0
     warmup_fraction: float = 0.05  # of all optimisation steps
     weight_decay: float = 1e-4
@@ -294,6 +299,66 @@ class WeakTrainConfig:
         if self.crop_epochs < 0 or self.epochs < 0 or self.crop_epochs + self.epochs == 0:
             raise ValueError(f"need crop_epochs, epochs >= 0 and one epoch at least, got {self.crop_epochs}, "
                              f"{self.epochs}")
+
+
+@dataclass(frozen=True)
+class TeachConfig:
+    """``avbind teach train``: a user's few takes fine-tune avbind-lite0 in about a minute on a CPU.
+
+    Both encoders stay fixed by default: nine takes cannot teach a CNN to see or hear, but
+    ImageNet's features already tell a cat from a cup, and the shipped avbind-s's audio encoder a
+    word from a whistle. Their per-step features are computed once per take (and cached), so the
+    training runs only fusion, GRU and heads, hundreds of steps in seconds.
+    """
+
+    model: str = "avbind-lite0"
+    # 128 px: the shipped avbind-s's frame size, so a taught model can replace it in a running
+    # engine (`avbind run --watch-model`, `avbind live --teach`); 160 or 224 see finer detail.
+    input_size: int = 128
+    steps: int = 200  # optimisation steps (batches), whatever the number of takes
+    crop_steps: int = 10  # model steps per crop (2 s): also the shortest take accepted
+    batch_size: int = 32  # crops per optimisation step
+    lr: float = 3e-3  # peak learning rate (AdamW), warm-up then cosine decay
+    warmup_fraction: float = 0.1
+    weight_decay: float = 1e-4
+    # Modality dropout, per crop: the input masked (no microphone / camera given), or present but
+    # empty (a muted microphone: silence; a covered camera: dark frames), which no mask announces.
+    drop_audio: float = 0.15
+    drop_video: float = 0.15
+    mute_audio: float = 0.1
+    cover_video: float = 0.1
+    # Audio augmentation: each take's log-mel is also seen with noise mixed in, louder or quieter
+    # and shifted by up to this many mel bands (another voice), as this many extra copies.
+    audio_copies: int = 3
+    max_mel_shift: int = 2
+    # Video augmentation: each training take is also seen zoomed, shifted or mirrored (another
+    # camera placement), as this many extra copies of its backbone features.
+    video_copies: int = 1
+    relevance_weight: float = 0.5  # DAM event-relevance loss, as in TrainConfig
+    auxiliary_weight: float = 0.5  # per-modality classifiers on the encoders
+    verb_noun_weight: float = 0.0  # taught classes have no verbs or nouns
+    # The audio encoder: "shipped" takes avbind-s's (same window and mel settings as avbind-lite0)
+    # with its normalisation re-estimated on the takes, fixed; "scratch" trains one from random
+    # weights (each step runs the audio CNN: minutes, not seconds); "best" trains both and keeps
+    # the one with the better validation accuracy.
+    audio_init: str = "shipped"
+    scratch_steps: int = 60  # optimisation steps of the "scratch" audio encoder (each costs ~15x more)
+    val_fraction: float = 0.25  # of each class's takes, held out for the printed validation accuracy
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+
+    def __post_init__(self) -> None:
+        if self.audio_init not in ("best", "shipped", "scratch"):
+            raise ValueError(f"audio_init must be best, shipped or scratch, got {self.audio_init!r}")
+        if self.input_size <= 0 or self.input_size % 32:
+            raise ValueError(f"input_size must be a positive multiple of 32, got {self.input_size}")
+        if not 0 <= self.drop_audio + self.drop_video + self.mute_audio + self.cover_video < 1:
+            raise ValueError("drop_audio + drop_video + mute_audio + cover_video must lie in [0, 1)")
+        if min(self.steps, self.crop_steps, self.batch_size, self.scratch_steps) < 1 or \
+                min(self.audio_copies, self.video_copies) < 0:
+            raise ValueError("steps, crop_steps, batch_size and scratch_steps must be >= 1, audio/video_copies >= 0")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
 
 
 CONFIGS: dict[str, ModelConfig] = {

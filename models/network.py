@@ -151,7 +151,27 @@ class AVBindNet(nn.Module):
         n_shift = len(self.video.state_shapes())
         video, shift_state = self.video.forward_clip(frames, state[:n_shift])  # (N, T, Dv)
         audio = self.audio(log_mels.reshape(n * t, *self._audio_shape())).view(n, t, -1)  # (N, T, Da)
-        fusion_state = state[n_shift:]
+        outputs, fusion_state = self.forward_features(video, audio, modality_mask, state[n_shift:], return_features)
+        return outputs, [*shift_state, *fusion_state]
+
+    def forward_features(
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        modality_mask: torch.Tensor,
+        fusion_state: list[torch.Tensor],
+        return_features: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """The clip form after the encoders, from their per-step features.
+
+        :meth:`forward` runs it after both encoders; with frozen encoders, features computed once
+        per clip train everything else through this same code (``avbind teach train``), so the
+        trained part cannot drift from what the exported step form computes.
+        video: (N, T, last_channels); audio: (N, T, embed_dim); modality_mask: (N, T, 2);
+        fusion_state: the non-shift part of :meth:`initial_state`. Returns outputs as
+        :meth:`forward` does and the fusion state after the last step.
+        """
+        t = video.shape[1]
         per_step: list[dict[str, torch.Tensor]] = []
         for i in range(t):
             hidden, relevance, fusion_state = self.fusion.step(
@@ -162,4 +182,4 @@ class AVBindNet(nn.Module):
         outputs = {name: torch.stack([o[name] for o in per_step], dim=1) for name in names}
         if return_features:
             outputs.update(video_features=video, audio_features=audio)
-        return outputs, [*shift_state, *fusion_state]
+        return outputs, fusion_state

@@ -280,6 +280,9 @@ def train(
                          f"({len(short.labels)} steps)")
     set_action_prior(model, dataset, videos)
     model = model.to(device_, memory_format=torch.channels_last)  # measured ~1.6x faster MobileNet training on CPU
+    if tc.checkpointing not in ("auto", "on", "off"):
+        raise ValueError(f"checkpointing must be auto, on or off, got {tc.checkpointing!r}")
+    model.video.checkpointing = tc.checkpointing == "on" or (tc.checkpointing == "auto" and not cuda)
 
     batches_per_epoch = len(videos) * tc.crops_per_video // tc.batch_size
     total = batches_per_epoch * tc.epochs
@@ -290,7 +293,11 @@ def train(
     last = out_dir / "last.pt"
     if resume and last.is_file():
         payload = load_checkpoint(last)
-        if payload.get("train_config") != _jsonable(tc):
+        # How activations are kept does not change the training: a run may resume with either.
+        def recipe(config: dict | None) -> dict | None:
+            return None if config is None else {k: v for k, v in config.items() if k != "checkpointing"}
+
+        if recipe(payload.get("train_config")) != recipe(_jsonable(tc)):
             raise ValueError(f"{last}: was trained with different settings; resume with the same ones")
         model.load_state_dict(payload["state_dict"])
         aux.load_state_dict(payload["auxiliary_heads"])

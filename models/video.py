@@ -9,11 +9,13 @@ weight.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from avbind.models.config import VideoDims
 from avbind.models.temporal_shift import shift_clip, shift_step
@@ -56,6 +58,32 @@ def conv_bn_relu(
         norm_layer(c_out),
         nn.ReLU6(inplace=True),
     )
+
+
+@contextlib.contextmanager
+def _frozen_norm_stats(module: nn.Module) -> Iterator[None]:
+    """Run a recomputation without moving BatchNorm's running statistics a second time.
+
+    Activation checkpointing runs a block's forward again during backward; in training mode that
+    would apply each batch's statistics to the running averages twice, and the checkpointed run
+    would no longer be the same training as the plain one. The buffers are put back as they were.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, saved, strict=True):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
+def _checkpointed(module: nn.Module, fn: Callable[..., object], *args: object) -> object:
+    """``fn(*args)`` keeping only its inputs for backward; the inside is recomputed there."""
+    return checkpoint(fn, *args, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _frozen_norm_stats(module)))
 
 
 class InvertedResidual(nn.Module):
@@ -131,6 +159,11 @@ class VideoBackbone(nn.Module):
                 c_in = c_out
         self.blocks = nn.ModuleList(blocks)
         self.head = conv_bn_relu(c_in, dims.last_channels, kernel=1, norm_layer=norm_layer)
+        # Training memory is this backbone's activations (about 0.3 GB per avbind-s crop of 15
+        # steps at 128 px, whatever the video's length): with checkpointing, each block keeps
+        # only its input and recomputes the inside during backward, for one more forward pass.
+        # The same training, bit for bit on CPU (see _frozen_norm_stats); set by the trainer.
+        self.checkpointing = False
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -160,14 +193,27 @@ class VideoBackbone(nn.Module):
         Returns features (N, T, last_channels) and the states after the clip's last frame.
         """
         n, t = frames.shape[:2]
-        x = self.stem(self._normalize(frames.reshape(n * t, *frames.shape[2:])))  # (N*T, C, H/2, W/2)
+        saving = self.checkpointing and self.training and torch.is_grad_enabled()
+
+        def run(module: nn.Module, fn: Callable[..., object], *args: object) -> object:
+            return _checkpointed(module, fn, *args) if saving else fn(*args)
+
+        def stem(x: torch.Tensor) -> torch.Tensor:
+            return self.stem(self._normalize(x))
+
+        x = run(self.stem, stem, frames.reshape(n * t, *frames.shape[2:]))  # (N*T, C, H/2, W/2)
         new_states = []
         pending = iter(states)
         for block in self.blocks:
-            out = block.forward_clip(x, n, next(pending) if block.residual else None)
+            state = next(pending) if block.residual else None
+            out = run(block, block.forward_clip, x, n, state)
             x = out[0]
             new_states.extend(out[1:])
-        x = self.head(x).mean(dim=(2, 3))  # (N*T, last_channels)
+
+        def head(x: torch.Tensor) -> torch.Tensor:
+            return self.head(x).mean(dim=(2, 3))
+
+        x = run(self.head, head, x)  # (N*T, last_channels)
         return x.view(n, t, -1), new_states
 
     def forward_step(self, frame: torch.Tensor, states: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:

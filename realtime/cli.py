@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     from avbind.realtime.commands import add_cli as add_engine_cli
 
     add_engine_cli(sub)
+    from avbind.realtime.teach import add_cli as add_teach_cli  # torch is imported only by teach train
+
+    add_teach_cli(sub)
+    from avbind.realtime.views.dashboard import add_cli as add_dashboard_cli  # aiohttp is imported only when it runs
+
+    add_dashboard_cli(sub)
     from avbind.realtime.cluster.commands import add_cli as add_cluster_cli  # Ray is imported only by serve
 
     add_cluster_cli(sub)

@@ -23,7 +23,7 @@ from avbind.realtime.backends import BACKENDS, Backend, create_backend
 from avbind.realtime.engine import Engine, EngineSettings, percentiles_ms
 from avbind.realtime.postprocess.events import DetectorSettings
 from avbind.realtime.postprocess.stream_outputs import OutputSettings
-from avbind.realtime.publish.messages import check_stream_name
+from avbind.realtime.publish.messages import TYPES, check_stream_name
 from avbind.realtime.publish.publisher import Publisher
 from avbind.realtime.publish.security import Curve
 from avbind.realtime.publish.subscriber import Subscriber, format_message
@@ -35,17 +35,26 @@ log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 
 
+def model_opener(backend: str, threads: int = 0) -> Callable[[Path], Backend]:
+    """How a command opens a model file: at start, and again for every hot swap (Engine.open_model),
+    so a swapped-in model runs on the same --backend with the same --threads."""
+    def open_model(model: Path) -> Backend:
+        options: dict[str, Any] = {}
+        if threads and backend in ("auto", "onnxruntime") and Path(model).suffix == ".onnx":
+            options["intra_op_threads"] = threads
+        return create_backend(model, backend, **options)
+
+    return open_model
+
+
 def open_backend(model: Path | None, backend: str, threads: int = 0) -> Backend:
     """Open the model or exit with one line: a bad model file or a missing backend is a user error, not a bug."""
     if model is None:
         from avbind.models.weights import default_onnx
 
         model = default_onnx()
-    options: dict[str, Any] = {}
-    if threads and backend in ("auto", "onnxruntime") and Path(model).suffix == ".onnx":
-        options["intra_op_threads"] = threads
     try:
-        return create_backend(model, backend, **options)
+        return model_opener(backend, threads)(Path(model))
     except ImportError as err:  # an optional backend package (TensorRT, torch) is missing: a message, not a traceback
         sys.exit(f"avbind: cannot open model {model} with backend {backend}: {err.name or err} is not installed")
     except (OSError, ValueError, RuntimeError) as err:
@@ -98,6 +107,28 @@ def open_snapshot(publisher: Publisher, args: argparse.Namespace, backend: Backe
         sys.exit(f"avbind {args.command}: {err}")
     print(f"snapshots for late joiners on {server.bound}", file=sys.stderr)
     return server
+
+
+def client_curve_from_args(args: argparse.Namespace) -> Curve | None:
+    """A subscriber's keys from ``--curve-server`` and ``--curve-secret`` (listen, dashboard), None
+    without them, or exit with one line: half a CURVE setup would silently get nothing."""
+    if args.curve_server is None and args.curve_secret is None:
+        return None
+    from avbind.realtime.publish.security import CurveKeyError, client_curve
+
+    if args.curve_server is None or args.curve_secret is None:
+        sys.exit(f"avbind {args.command}: CURVE needs both --curve-server SERVER.key and "
+                 "--curve-secret CLIENT.key_secret")
+    try:
+        return client_curve(args.curve_server, args.curve_secret)
+    except CurveKeyError as err:
+        sys.exit(f"avbind {args.command}: {err}")
+
+
+def add_curve_client_options(p: argparse.ArgumentParser) -> None:
+    """A subscriber's CURVE options; :func:`client_curve_from_args` reads them."""
+    p.add_argument("--curve-server", type=Path, metavar="FILE", help="the engine's public CURVE key (SERVER.key)")
+    p.add_argument("--curve-secret", type=Path, metavar="FILE", help="this subscriber's key pair (.key_secret)")
 
 
 def add_curve_server_options(p: argparse.ArgumentParser) -> None:
@@ -175,6 +206,19 @@ def stream_settings(args: argparse.Namespace) -> StreamSettings:
     return StreamSettings(audio_wait_s=args.audio_wait_s, max_lag_s=args.max_lag_s, outputs=outputs)
 
 
+def engine_settings(args: argparse.Namespace) -> EngineSettings:
+    """The engine-wide settings of the options (``--batch-wait-ms``; ``--preview-fps`` where the command has it)."""
+    return EngineSettings(batch_wait_s=args.batch_wait_ms / 1000, preview_fps=getattr(args, "preview_fps", 0.0))
+
+
+def _add_preview_option(p: argparse.ArgumentParser) -> None:
+    """``--preview-fps``, for the commands that run an engine here (not ``serve``, whose workers publish
+    through a proxy that carries two-frame messages only)."""
+    p.add_argument("--preview-fps", type=_number(minimum=0, maximum=30), default=0.0, metavar="N",
+                   help="also publish a small JPEG of each stream's latest frame at most N times a second on "
+                        "avbind/<stream>/preview, for avbind dashboard (default 0: off)")
+
+
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="model file (.onnx, .engine or .pt; default: the shipped avbind-s)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend")
@@ -206,7 +250,7 @@ def demo_command(args: argparse.Namespace) -> int:
     backend = open_backend(args.model, args.backend, args.threads)
     publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT, args=args)
     endpoint = publisher.bound[0]
-    engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
+    engine = Engine(backend, publisher, engine_settings(args))
     snapshots = open_snapshot(publisher, args, backend, engine)
     segments: list[dict[str, Any]] = []
     engine.listeners.append(lambda m: segments.append(m) if m["type"] == "segment" else None)
@@ -343,6 +387,8 @@ def run_command(args: argparse.Namespace) -> int:
     names += [f"stream{i}" for i in range(len(names), len(pairs))]
     if len(set(names)) != len(names):
         sys.exit(f"avbind run: stream names must differ, got {names}")
+    if args.watch_model and args.model is None:
+        sys.exit("avbind run: --watch-model needs --model FILE (the file to watch)")
     backend = open_backend(args.model, args.backend, args.threads)
     sample_rate = backend.info.features.sample_rate
     try:
@@ -351,11 +397,13 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as err:
         sys.exit(f"avbind run: {err}")
     publisher = open_publisher(args.publish or [DEFAULT_ENDPOINT], fallback=False, args=args)
-    engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
+    engine = Engine(backend, publisher, engine_settings(args))
+    engine.open_model = model_opener(args.backend, args.threads)
     snapshots = open_snapshot(publisher, args, backend, engine)
     problems: dict[str, str] = {}  # stream -> its last source error
+    # A refused model swap (a status carrying "model") is an error of the new file, not of the stream.
     engine.listeners.append(lambda m: problems.__setitem__(m["stream"], m["message"])
-                            if m["type"] == "status" and m.get("level") == "error" else None)
+                            if m["type"] == "status" and m.get("level") == "error" and "model" not in m else None)
     if args.quiet:
         engine.listeners.append(_print_run_problems)
     view = None if args.quiet else TerminalView(Subscriber(publisher.bound[0], curve=publisher.viewer_curve()))
@@ -368,6 +416,13 @@ def run_command(args: argparse.Namespace) -> int:
             if signals.received is None:
                 engine.add_stream(name, sources, stream_settings(args))
         until = None if args.seconds is None else time.monotonic() + args.seconds
+        watcher = None
+        if args.watch_model:
+            from avbind.realtime.model_swap import ModelWatcher
+
+            watcher = ModelWatcher(engine, args.model, report=lambda line: print(f"avbind run: {line}",
+                                                                                 file=sys.stderr, flush=True))
+            watcher.start()
 
         def done() -> bool:
             return signals.received is not None or not engine.streams
@@ -377,6 +432,8 @@ def run_command(args: argparse.Namespace) -> int:
         else:
             while not done() and (until is None or time.monotonic() < until):
                 time.sleep(0.1)
+        if watcher is not None:
+            watcher.stop()
         engine.stop()
         if view is not None:
             view.drain()
@@ -424,7 +481,8 @@ def live_command(args: argparse.Namespace) -> int:
 
     backend = open_backend(args.model, args.backend, args.threads)
     publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT, args=args)
-    engine = Engine(backend, publisher, EngineSettings(batch_wait_s=args.batch_wait_ms / 1000))
+    engine = Engine(backend, publisher, engine_settings(args))
+    engine.open_model = model_opener(args.backend, args.threads)  # so engine.swap_model(file) can follow training
     snapshots = open_snapshot(publisher, args, backend, engine)
     camera = int(args.camera) if str(args.camera).isdigit() else args.camera
     sources = [WebcamSource(camera)]
@@ -493,16 +551,7 @@ def listen_command(args: argparse.Namespace) -> int:
     import zmq
 
     types = tuple(args.topic) if args.topic else ("segment", "event", "status")
-    curve = None
-    if args.curve_server is not None or args.curve_secret is not None:
-        from avbind.realtime.publish.security import CurveKeyError, client_curve
-
-        if args.curve_server is None or args.curve_secret is None:
-            sys.exit("avbind listen: CURVE needs both --curve-server SERVER.key and --curve-secret CLIENT.key_secret")
-        try:
-            curve = client_curve(args.curve_server, args.curve_secret)
-        except CurveKeyError as err:
-            sys.exit(f"avbind listen: {err}")
+    curve = client_curve_from_args(args)
     try:
         subscriber = Subscriber(args.endpoint, stream=args.stream, types=types, curve=curve)
     except (ValueError, zmq.ZMQError) as err:
@@ -573,6 +622,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--publish", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to publish on")
     demo.add_argument("--json", type=Path, help="write the summary as JSON here")
     _add_engine_options(demo)
+    _add_preview_option(demo)
     add_curve_server_options(demo)
     demo.set_defaults(func=_check_engine_options(demo, demo_command))
 
@@ -593,7 +643,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--reconnect-for-s", type=_number(minimum=0, allow_inf=True), default=120.0, metavar="S",
                      help="how long a network source that lost its stream keeps reconnecting before its stream "
                           "ends (s; inf: forever; default 120)")
+    run.add_argument("--watch-model", action="store_true",
+                     help="swap to the --model file whenever it is replaced (write the new file elsewhere, then "
+                          "rename it over the old one); streams keep running, a model that does not fit is refused")
     _add_engine_options(run)
+    _add_preview_option(run)
     add_curve_server_options(run)
     run.set_defaults(func=_check_engine_options(run, run_command))
 
@@ -605,6 +659,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     live.add_argument("--publish", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to publish on")
     live.add_argument("--seconds", type=_number(above=0), help="stop after this long")
     _add_engine_options(live)
+    _add_preview_option(live)
     add_curve_server_options(live)
     live.set_defaults(func=_check_engine_options(live, live_command))
 
@@ -615,16 +670,16 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     listen = sub.add_parser("listen", help="print what an avbind engine publishes")
     listen.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to connect to")
     listen.add_argument("--stream", type=_stream_name, help="only this stream")
-    listen.add_argument("--topic", action="append", choices=("segment", "event", "status", "step"),
-                        help="message types to show (repeatable; default segment, event, status)")
+    listen.add_argument("--topic", action="append", choices=TYPES,
+                        help="message types to show (repeatable; default segment, event, status; preview shows "
+                             "each picture's size, not the picture)")
     listen.add_argument("--json", action="store_true", help="print raw JSON messages")
     listen.add_argument("--seconds", type=_number(above=0), help="stop after this long")
     listen.add_argument("--count", type=_number(minimum=1, integer=True), help="stop after this many messages")
     listen.add_argument("--snapshot", metavar="ENDPOINT",
                         help="the engine's --snapshot endpoint: print every stream's current state first, then "
                              "the live messages after it (no gap, no duplicate)")
-    listen.add_argument("--curve-server", type=Path, metavar="FILE", help="the engine's public CURVE key (SERVER.key)")
-    listen.add_argument("--curve-secret", type=Path, metavar="FILE", help="this subscriber's key pair (.key_secret)")
+    add_curve_client_options(listen)
 
     keys = sub.add_parser("keys", help="CURVE key pairs for encrypted, authenticated publishing")
     keys_sub = keys.add_subparsers(dest="keys_action", required=True)

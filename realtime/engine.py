@@ -7,6 +7,9 @@ so the backend session, per-stream state and the ZeroMQ socket are touched by on
 A failure is contained where it happens: a source that dies reports a status and its stream
 carries on with the other modality or ends; a step that fails is reported on its stream's status
 topic and the other streams keep running.
+
+The model can be replaced while everything runs (:meth:`Engine.swap_model`): it is opened and
+checked in the caller's thread and installed by the engine thread between two ticks.
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from avbind.realtime.backends import create_backend
 from avbind.realtime.backends.base import Backend
+from avbind.realtime.model_swap import ModelSwap, swap_problems
 from avbind.realtime.publish.messages import check_stream_name
+from avbind.realtime.publish.preview import Previews
 from avbind.realtime.publish.publisher import Publisher
 from avbind.realtime.scheduler.batching import run_batch
 from avbind.realtime.scheduler.stream import Stream, StreamSettings
@@ -41,6 +48,9 @@ class EngineSettings:
     # s a due step may wait for other streams' steps to share its backend call: 0 favours latency;
     # a few ms lets streams whose steps fall due together run as one batch (more streams per core).
     batch_wait_s: float = 0.0
+    # JPEG pictures of each stream's newest frame per second on avbind/<stream>/preview (the
+    # dashboard's); 0: none, the default, since each is more bytes than all of a stream's other messages.
+    preview_fps: float = 0.0
 
 
 def percentiles_ms(seconds: list[float] | np.ndarray) -> dict[str, float | None]:
@@ -48,6 +58,19 @@ def percentiles_ms(seconds: list[float] | np.ndarray) -> dict[str, float | None]
         return {"p50": None, "p99": None}
     p50, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 99])
     return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+
+
+@dataclass
+class _PendingSwap:
+    """A checked backend waiting for the engine thread to install it between two ticks."""
+
+    backend: Backend
+    path: Path | None
+    load_s: float
+    done: threading.Event = field(default_factory=threading.Event)
+    old: Backend | None = None  # what it replaced, closed by the caller once installed
+    result: ModelSwap | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -79,6 +102,12 @@ class Engine:
         self.finished_streams: dict[str, Stream] = {}
         self._wall_offset = time.time() - time.monotonic()
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)  # streams per recent call
+        # How swap_model opens a model file; the commands set their --backend and --threads here.
+        self.open_model: Callable[[Path], Backend] = create_backend
+        self._pending_swap: _PendingSwap | None = None  # under _lock
+        self._swap_lock = threading.Lock()  # one swap at a time
+        self._previews = Previews(publisher, self.settings.preview_fps) if (
+            publisher is not None and self.settings.preview_fps > 0) else None
 
     # Streams -------------------------------------------------------------------------------
     def add_stream(self, name: str, sources: list[Source], settings: StreamSettings | None = None,
@@ -166,6 +195,8 @@ class Engine:
 
     def tick(self) -> bool:
         """One pass: service every stream, run the due steps as batches, publish. True if a step ran."""
+        if self._pending_swap is not None:
+            self._install_swap()
         now = time.monotonic()
         streams = list(self.streams.values())
         due: list[tuple[Stream, Any]] = []
@@ -178,6 +209,8 @@ class Engine:
         for i in range(0, len(due), self.settings.max_batch):
             self._run_steps(due[i : i + self.settings.max_batch])
         self._heartbeat(time.monotonic())
+        if self._previews is not None:
+            self._previews.publish_due(streams, time.monotonic())
         return bool(due)
 
     def _poll(self, stream: Stream, now: float) -> Any:
@@ -234,6 +267,100 @@ class Engine:
                 self._emit(stream, kind, payload, capture)
             stream.latencies.append(time.monotonic() - step.capture)
 
+    # Model swap ----------------------------------------------------------------------------
+    def swap_model(self, model: str | Path | Backend) -> ModelSwap:
+        """Replace the running model without stopping streams, sockets or sequence numbers.
+
+        Opening a model takes long (seconds for a big one or a TensorRT engine), so it happens
+        here, in the caller's thread, while the streams keep stepping on the old model. Only the
+        hand-over runs on the engine thread, between two ticks (never inside a batch), because the
+        backend and every stream's state belong to that thread. There each stream closes its open
+        segment and events with the old model's labels (as at a discontinuity, so no subscriber is
+        left with an event that never ends), starts the new model from a fresh state (counted in
+        ``resets``) and publishes a status naming the new model and its classes. The old backend is
+        closed once it is out of use.
+
+        ``model`` is a model file (opened with :attr:`open_model`) or an opened backend. A model
+        that cannot be opened, or whose inputs differ from the running one's (frame size, audio
+        window, features, step rate), is refused: ValueError, an error status on every stream, and
+        the old model keeps running.
+        """
+        if threading.current_thread() is self._thread:  # a listener: it would wait for itself, mid-batch
+            raise RuntimeError("swap_model waits for the engine thread: call it from another thread")
+        with self._swap_lock:
+            started = time.monotonic()
+            if isinstance(model, Backend):
+                backend, path = model, model.info.path
+            else:
+                path = Path(model)
+                try:
+                    backend = self.open_model(path)
+                except Exception as err:  # whatever the backend raises: the old model must keep running
+                    raise self._refuse(f"model swap refused: cannot open {path}: {err}") from err
+            problems = swap_problems(self.backend.info, backend.info)
+            if problems:
+                if backend is not model:
+                    backend.close()
+                raise self._refuse(f"model swap refused: {backend.info.name} ({path}) does not fit the running "
+                                   f"{self.backend.info.name}: {'; '.join(problems)}")
+            job = _PendingSwap(backend, path, time.monotonic() - started)
+            with self._lock:
+                self._pending_swap = job
+            self._wake.set()
+            while not job.done.wait(0.05):
+                if self._thread is None or not self._thread.is_alive():  # no engine thread to hand it to
+                    with self._lock:
+                        mine = self._pending_swap is job
+                    if mine:
+                        self._install_swap()
+            if job.error is not None:
+                raise RuntimeError(f"model swap failed while installing: {job.error}") from job.error
+            if job.old is not None and job.old is not backend:
+                job.old.close()
+            assert job.result is not None
+            log.info("model swapped: %s (%s)", job.result.name, path)
+            return job.result
+
+    def _refuse(self, message: str) -> ValueError:
+        """Tell every stream's subscribers why the model was not swapped; the error to raise."""
+        log.warning("%s", message)
+        info = self.backend.info
+        for stream in self.streams.values():
+            status = self._status(stream, "running", "error", f"{message}; still running {info.name}")
+            status["model"] = {"name": info.name, "classes": list(info.event_names)}
+            self._emit(stream, "status", status, time.monotonic())
+        return ValueError(message)
+
+    def _install_swap(self) -> None:
+        """Engine thread, between ticks (or the caller's, with no engine thread running)."""
+        with self._lock:  # add_stream builds streams from self.backend under this lock: none misses the swap
+            job, self._pending_swap = self._pending_swap, None
+            if job is None:
+                return
+            job.old, self.backend = self.backend, job.backend
+            streams = list(self._streams.values())
+        try:
+            info = job.backend.info
+            self.backend_name = str(job.backend.describe())
+            model = {"name": info.name, "classes": list(info.event_names)}
+            if self.publisher is not None:  # what late joiners' snapshots say runs
+                self.publisher.model = {"model": info.name, "backend": self.backend_name,
+                                        "classes": list(info.event_names)}
+            message = f"model swapped: {info.name}; classes: {', '.join(info.class_names)}; state reset"
+            for stream in streams:
+                for kind, payload, capture in stream.swap_model(info):
+                    self._emit(stream, kind, payload, capture)
+                status = self._status(stream, "running", "info", message)
+                status["model"] = model
+                self._emit(stream, "status", status, time.monotonic())
+            job.result = ModelSwap(info.name, info.event_names, job.path, self.backend_name, len(streams),
+                                   job.load_s)
+        except Exception as err:  # the caller waits on done: it must hear of this
+            log.exception("model swap")
+            job.error = err
+        finally:
+            job.done.set()
+
     # Messages ------------------------------------------------------------------------------
     def _emit(self, stream: Stream, kind: str, payload: dict[str, Any], capture: float) -> None:
         if self.publisher is not None:
@@ -268,6 +395,8 @@ class Engine:
         refused = getattr(self.publisher, "subscriptions_refused", 0)
         if refused:  # subscriptions the publisher would not store (too long, no avbind topic, too many)
             drops["subscriptions_refused"] = refused
+        if dropped := getattr(self.publisher, "subscribers_dropped", 0):  # peers shut out (subscription_guard.py)
+            drops["subscribers_dropped"] = dropped
         return drops
 
     def _heartbeat(self, now: float) -> None:

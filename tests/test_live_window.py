@@ -9,6 +9,7 @@ ImageMagick (``import``) executables; skipped where they are missing.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -48,22 +49,26 @@ def display() -> Iterator[str]:
     for tool in ("Xvfb", "xdotool", "import"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (apt: xvfb, xdotool, imagemagick)")
-    for number in range(140, 200):
-        if Path(f"/tmp/.X11-unix/X{number}").exists() or Path(f"/tmp/.X{number}-lock").exists():
-            continue
-        server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and server.poll() is None:
-            if Path(f"/tmp/.X11-unix/X{number}").exists():
+    # -displayfd: Xvfb picks a free display itself and writes its number only once it accepts
+    # connections; waiting for the socket file alone raced the first client ("could not connect").
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1280x720x24",
+                               "-nolisten", "tcp"], pass_fds=(write_end,),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    number, deadline = b"", time.monotonic() + 30
+    while not number.endswith(b"\n") and time.monotonic() < deadline and server.poll() is None:
+        if select.select([read_end], [], [], 0.2)[0]:
+            chunk = os.read(read_end, 16)
+            if not chunk:
                 break
-            time.sleep(0.1)
-        if server.poll() is None and Path(f"/tmp/.X11-unix/X{number}").exists():
-            break
+            number += chunk
+    os.close(read_end)
+    if not number.strip().isdigit():
         server.kill()
         server.wait()
-    else:
-        pytest.skip("no free display number for Xvfb")
+        pytest.skip("Xvfb did not report a display within 30 s")
+    number = int(number)
     try:
         yield f":{number}"
     finally:

@@ -122,3 +122,50 @@ def test_subscription_flood_leaves_memory_and_step_rate_alone() -> None:
     assert publisher.guard is not None and len(publisher.guard.held) <= 2, publisher.guard.held  # only ours
     seqs = [m["seq"] for m in received if m["type"] == "segment"]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "the legitimate subscriber lost messages"
+
+
+GREEDY = r"""
+import os, sys, time, zmq
+endpoint, count = sys.argv[1], int(sys.argv[2])
+context = zmq.Context()
+s = context.socket(zmq.SUB)
+s.setsockopt(zmq.SNDHWM, 0)  # nothing held back on the attacker's side: every subscription is sent
+s.setsockopt(zmq.RECONNECT_IVL, -1)  # once dropped, stay away (a reconnect is a fresh, budgeted peer)
+s.connect(endpoint)
+for j in range(count):  # one peer, never leaving, all of them look like avbind topics (56 bytes)
+    s.setsockopt(zmq.SUBSCRIBE, b"avbind/" + os.urandom(24).hex().encode() + b"/")
+print("sent", flush=True)
+time.sleep(60)
+"""
+
+
+def test_one_greedy_peer_is_dropped_and_frees_what_it_cost() -> None:
+    """libzmq stores every subscription a peer sends before the application sees it, so refusing
+    them did not bound one peer that never leaves (it grew the engine by ~3 KB per topic, without
+    limit); its budget does."""
+    publisher = Publisher("tcp://127.0.0.1:*")
+    subscriber = Subscriber(publisher.bound[0], types=("segment",))
+    attacker = None
+    try:
+        assert wait_for(lambda: len(publisher.guard.held) >= 1, 10)  # ours is applied
+        time.sleep(0.5)
+        before = _rss_mb()
+        with _PeakRss() as attacked:
+            attacker = subprocess.Popen([sys.executable, "-c", GREEDY, publisher.bound[0], "50000"],
+                                        stdout=subprocess.PIPE, text=True)
+            assert attacker.stdout.readline().strip() == "sent"
+            assert wait_for(lambda: publisher.subscribers_dropped >= 1, 60)
+            time.sleep(1.0)
+        # The same socket still serves the subscriber that behaved.
+        for seq in range(3):
+            publisher.publish("cam", "segment", {"segment": seq}, time.monotonic())
+        got = [subscriber.receive(10) for _ in range(3)]
+    finally:
+        if attacker is not None:
+            attacker.kill()
+            attacker.wait()
+        subscriber.close()
+        publisher.close()
+    assert attacked.peak - before < 40, f"RSS {before:.0f} MB -> {attacked.peak:.0f} MB with one greedy peer"
+    assert [g.message["segment"] for g in got if g is not None] == [0, 1, 2]
+    assert publisher.subscriptions_refused > 0

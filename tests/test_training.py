@@ -53,9 +53,44 @@ def test_checkpoint_carries_everything_to_run(trained: Path, tiny_set: Path) -> 
 
 
 def test_training_is_deterministic(tiny_set: Path, trained: Path, tmp_path: Path) -> None:
-    again = train(tiny_set, tmp_path / "again", TINY, progress=False)
+    """Also: activation checkpointing (on by default on CPU) trains exactly as keeping them does."""
+    assert TINY.checkpointing == "auto"
+    again = train(tiny_set, tmp_path / "again", replace(TINY, checkpointing="off"), progress=False)
     for name, tensor in _weights(trained).items():
         assert torch.equal(tensor, _weights(again)[name]), name
+
+
+def test_checkpointing_keeps_gradients_and_statistics_and_halves_activations() -> None:
+    from avbind.models.config import get_config
+    from avbind.models.network import AVBindNet
+
+    torch.manual_seed(0)
+    net = AVBindNet(get_config("avbind-xs")).train()
+    frames = torch.rand(2, 6, 3, net.config.video.input_size, net.config.video.input_size)
+    mels = torch.randn(2, 6, *net._audio_shape())
+    results = []
+    for on in (False, True):
+        net.video.checkpointing = on
+        torch.manual_seed(1)  # the same dropout draws in both runs
+        start = {k: v.clone() for k, v in net.state_dict().items()}
+        net.zero_grad(set_to_none=True)
+        saved = []  # bytes autograd keeps for backward, counted by its own hooks
+        def pack(t: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            outputs, _ = net(frames, mels)
+            loss = sum(v.float().square().mean() for v in outputs.values())
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+        results.append((loss.item(), grads, {k: v.clone() for k, v in net.state_dict().items()}, sum(saved)))
+        net.load_state_dict(start)
+    (loss_off, grads_off, stats_off, saved_off), (loss_on, grads_on, stats_on, saved_on) = results
+    assert loss_on == loss_off
+    assert grads_on.keys() == grads_off.keys() and all(torch.equal(grads_on[k], grads_off[k]) for k in grads_off)
+    assert all(torch.equal(stats_on[k], stats_off[k]) for k in stats_off)  # running stats moved once, not twice
+    assert saved_on < saved_off / 2
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tiny_set: Path, trained: Path, tmp_path: Path) -> None:

@@ -69,8 +69,32 @@ def check_dataset(
         from avbind.models.data.epic_sounds import check_epic_sounds
 
         return check_epic_sounds(data, videos, annotations_only)
+    if format == "folder":
+        return check_folder(data)
     report = check_ave(data, annotations_only)
     report.format = format
+    return report
+
+
+# -- a folder of takes ----------------------------------------------------------------------------
+
+
+def check_folder(root: Path) -> CheckReport:
+    """Takes per class and split (videos: takes); a class without a take is an error, no
+    background a warning, as ``avbind teach train`` would refuse or warn."""
+    from avbind.models.data.folder import load_folder
+
+    report = CheckReport("folder")
+    for split in ("all", "train", "val"):
+        dataset = load_folder(root, None if split == "all" else split)
+        counts = SplitCounts(videos=len(dataset.takes))
+        counts.classes = {c: len(dataset.takes_of(c)) for c in (*dataset.class_names, "background")}
+        report.splits[split] = counts
+    everything = report.splits["all"].classes
+    report.errors += [f"{root}: class {c!r} has no takes (record some with avbind teach record)"
+                      for c, n in everything.items() if not n and c != "background"]
+    if not everything.get("background"):
+        report.warnings.append(f"{root}: no background takes: the model will always name one of the classes")
     return report
 
 

@@ -8,8 +8,9 @@ Train, eval, prepare and check ask a data set the same questions, whatever it is
 * ``class_names``, ``verbs``, ``nouns``: the heads' label names (background is added by the model).
 
 AVE and avsynth (:mod:`~avbind.models.data.ave`), EPIC-KITCHENS-100
-(:mod:`~avbind.models.data.epic`) and EPIC-SOUNDS (:mod:`~avbind.models.data.epic_sounds`)
-implement it; :func:`open_dataset` is the only place that knows which is which.
+(:mod:`~avbind.models.data.epic`), EPIC-SOUNDS (:mod:`~avbind.models.data.epic_sounds`) and
+folders of takes, one subfolder per class (:mod:`~avbind.models.data.folder`, what ``avbind
+teach record`` writes) implement it; :func:`open_dataset` is the only place that knows which is which.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 IGNORE = -100  # label value that losses skip (e.g. verb/noun of a background step)
 SEGMENT_S = 1.0  # s: the per-segment figures' segment length (AVE's)
-FORMATS = ("ave", "epic", "epic-sounds", "avsynth")
+FORMATS = ("ave", "epic", "epic-sounds", "avsynth", "folder")
 SPLITS = ("train", "val", "test")
 EPIC_SPLIT_FILES = {"train": ("EPIC_100_train.csv", "EPIC_100_uda_source_train.csv"),
                     "val": ("EPIC_100_validation.csv",)}
@@ -88,10 +89,14 @@ def detect_format(root: str | Path) -> str:
         return "epic"
     if any((root / name).is_file() for names in EPIC_SOUNDS_SPLIT_FILES.values() for name in names):
         return "epic-sounds"
+    from avbind.models.data.folder import looks_like_take_folder
+
+    if looks_like_take_folder(root):  # last: an AVE folder holds its media in a subfolder too
+        return "folder"
     looked = [*(n for names in EPIC_SPLIT_FILES.values() for n in names),
               *(n for names in EPIC_SOUNDS_SPLIT_FILES.values() for n in names)]
     raise ValueError(f"{root}: no data set found: not an AVE-layout folder (no Annotations.txt) nor avsynth's "
-                     f"(avsynth.json), and none of {', '.join(looked)}")
+                     f"(avsynth.json), no <class>/*.mp4 subfolders, and none of {', '.join(looked)}")
 
 
 def split_file(folder: Path, split: str, files: dict[str, tuple[str, ...]], what: str) -> Path:
@@ -128,6 +133,10 @@ def open_dataset(
         from avbind.models.data.ave import load_ave
 
         return load_ave(root, split, require_media=require_media)
+    if format == "folder":
+        from avbind.models.data.folder import load_folder
+
+        return load_folder(root, split)
     if format == "epic":
         from avbind.models.data.epic import load_epic
 

@@ -68,7 +68,7 @@ class SeqProxy:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, hwm)
             sock.setsockopt(zmq.SNDHWM, hwm)
-        self.guard = SubscriptionGuard(self._xpub)  # subscribers cannot grow the driver either
+        self.guard = SubscriptionGuard(self._xpub, curve=curve is not None)  # nor can they grow the driver
         if curve is not None:  # the subscribers' side only; the workers' side is the cluster's own network
             apply_server(self._xpub, curve, curve_allow)
         try:
@@ -80,6 +80,7 @@ class SeqProxy:
                 self.bound.append(self._xpub.getsockopt_string(zmq.LAST_ENDPOINT))
         except zmq.ZMQError as err:
             self._xsub.close()
+            self.guard.close()
             self._xpub.close()
             raise ValueError(f"cannot publish on {publish} (or bind the workers' side {frontend}): {err}") from err
         # Everything comes to the proxy (it renumbers every type); subscribers filter at the XPUB.
@@ -101,6 +102,7 @@ class SeqProxy:
         self._stop.set()
         self._thread.join(timeout=5)
         self._xsub.close()
+        self.guard.close()
         self._xpub.close()
 
     # -- what the driver asks ------------------------------------------------------------------

@@ -62,12 +62,19 @@ class _Track:
 class EventDetector:
     """Online detector over ``num_classes`` scores per step (background excluded by the caller)."""
 
-    def __init__(self, num_classes: int, settings: DetectorSettings | None = None, step_s: float = 0.0) -> None:
+    def __init__(self, num_classes: int, settings: DetectorSettings | None = None, step_s: float = 0.0,
+                 first_id: int = 0) -> None:
+        """``first_id``: where event ids start; a detector that takes over a stream's events (after a
+        model swap) goes on from its predecessor's :attr:`next_id`, so ids stay unique per stream."""
         self.settings = settings or DetectorSettings()
         self.num_classes = num_classes
         self.step_s = step_s  # s: a step stands for [t, t + step_s), so an event ends after its last step
         self._tracks: dict[int, _Track] = {}
-        self._next_id = 0
+        self._next_id = first_id
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
 
     @property
     def active(self) -> dict[int, float]:

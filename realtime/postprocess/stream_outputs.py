@@ -41,11 +41,12 @@ Message = tuple[str, dict[str, Any], float]  # (type, payload, monotonic capture
 
 
 class StreamOutputs:
-    def __init__(self, info: ModelInfo, settings: OutputSettings | None = None) -> None:
+    def __init__(self, info: ModelInfo, settings: OutputSettings | None = None, first_event_id: int = 0) -> None:
         self.info = info
         self.settings = settings or OutputSettings()
         self.segments = SegmentAggregator(info.step_rate_hz, self.settings.segment_s)
-        self.events = EventDetector(len(info.class_names), self.settings.detector, 1.0 / info.step_rate_hz)
+        self.events = EventDetector(len(info.class_names), self.settings.detector, 1.0 / info.step_rate_hz,
+                                    first_event_id)
         self.last_probs: np.ndarray | None = None
         self._last_time = 0.0
 

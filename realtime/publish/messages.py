@@ -2,7 +2,9 @@
 
 Every message is a ZeroMQ multipart ``[topic, json]`` with topic ``avbind/<stream>/<type>``, so a
 subscriber filters by prefix (``avbind/cam0/`` for one stream, ``avbind/cam0/event`` for its
-events) without parsing JSON.
+events) without parsing JSON. The one exception is ``preview`` (``--preview-fps``): ``[topic, json,
+jpeg]``, the picture as raw bytes in a third frame, so that nothing is base64-inflated and a
+subscriber that does not want pictures never decodes them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from avbind.realtime.postprocess.events import EventBoundary
 from avbind.realtime.postprocess.segments import SegmentPrediction
 
 SCHEMA_VERSION = 1
-TYPES = ("segment", "event", "status", "step")
+TYPES = ("segment", "event", "status", "step", "preview")
+ATTACHED = ("preview",)  # types whose message carries a third, binary frame
 TOP_K = 3  # classes listed in a segment message
 
 
@@ -26,7 +29,10 @@ def schema() -> dict:
     return json.loads(files("avbind.realtime.publish").joinpath("message_schema.json").read_text())
 
 
-MAX_STREAM_NAME = 64  # characters; names go into every topic and every printed line
+# Bytes of UTF-8 (64 characters of ASCII); names go into every topic and every printed line, and
+# the published socket drops a peer whose subscription is longer than the longest topic could be
+# (subscription_guard.py): libzmq's cost per subscription grows with the square of its length.
+MAX_STREAM_NAME = 64
 
 
 def check_stream_name(stream: str) -> str:
@@ -40,16 +46,17 @@ def check_stream_name(stream: str) -> str:
         raise ValueError(f"stream names must be strings, got {type(stream).__name__}")
     if not stream.strip():
         raise ValueError(f"stream names must be non-empty and not only whitespace, got {stream!r}")
-    if len(stream) > MAX_STREAM_NAME:
-        raise ValueError(f"stream names must be at most {MAX_STREAM_NAME} characters, got {len(stream)}")
     if "/" in stream:
         raise ValueError(f"stream names must contain no '/', got {stream!r}")
     if not stream.isprintable():
         raise ValueError(f"stream names must contain no control or other unprintable characters, got {stream!r}")
     try:
-        stream.encode("utf-8")
+        size = len(stream.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValueError(f"stream names must be valid UTF-8, got {stream!r}") from None
+    if size > MAX_STREAM_NAME:
+        raise ValueError(f"stream names must be at most {MAX_STREAM_NAME} bytes in UTF-8 (64 ASCII characters), "
+                         f"got {size}")
     return stream
 
 
@@ -99,3 +106,9 @@ def step_payload(
 ) -> dict[str, Any]:
     return {"step": index, "time": round(t, 6), "scores": _scores(event_names, probs), "degraded": degraded,
             "modality_mask": [float(m) for m in mask]}
+
+
+def preview_payload(width: int, height: int, frame_time: float, nbytes: int) -> dict[str, Any]:
+    """A preview's JSON frame; the JPEG itself (``nbytes`` long) travels as the message's third frame."""
+    return {"width": int(width), "height": int(height), "format": "jpeg", "time": round(frame_time, 6),
+            "bytes": int(nbytes)}

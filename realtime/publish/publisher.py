@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from avbind.realtime.publish.messages import SCHEMA_VERSION, topic
+from avbind.realtime.publish.messages import ATTACHED, SCHEMA_VERSION, preview_payload, topic
 from avbind.realtime.publish.security import Curve, apply_server, local_client
 from avbind.realtime.publish.snapshot import StreamState
 from avbind.realtime.publish.subscription_guard import SubscriptionGuard
@@ -47,15 +47,15 @@ class Publisher:
         self._socket = self._context.socket(zmq.PUB if connect else zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self.guard = None if connect else SubscriptionGuard(self._socket)
+        self.guard = None if connect else SubscriptionGuard(self._socket, curve=curve is not None)
         if curve_allow is not None and curve is None:
-            self._socket.close()
+            self._close_socket()
             raise ValueError("--curve-allow needs --curve-secret (the server's key pair)")
         if curve is not None:
             try:
                 apply_server(self._socket, curve, curve_allow)
             except ValueError:
-                self._socket.close()
+                self._close_socket()
                 raise
         self.curve = curve
         self.bound: list[str] = []
@@ -63,7 +63,7 @@ class Publisher:
             try:
                 self._socket.connect(endpoint) if connect else self._socket.bind(endpoint)
             except zmq.ZMQError as err:
-                self._socket.close()
+                self._close_socket()
                 raise ValueError(f"cannot publish on {endpoint}: {err}") from err
             self.bound.append(endpoint if connect else self._socket.getsockopt_string(zmq.LAST_ENDPOINT))
         self._seq: dict[tuple[str, str], int] = defaultdict(int)
@@ -89,10 +89,10 @@ class Publisher:
             self._front = threading.Thread(target=self._serve, name="avbind-publisher", daemon=True)
             self._front.start()
         self.sent = 0
-        # Sends ZeroMQ refused outright. Not a subscriber's losses: a PUB socket drops a slow
-        # subscriber's messages at its high-water mark without telling the sender, so those are
-        # counted where they can be, by each subscriber from ``seq`` gaps.
-        self.refused = 0
+        # Sends ZeroMQ refused outright (see ``refused``), one counter per thread that sends, so
+        # that neither has to take the other's lock to count.
+        self._refused_handover = 0  # engine side: the hand-over PAIR was full
+        self._refused_socket = 0  # publishing thread: the bound socket refused the send
         self._wall_offset = time.time() - time.monotonic()
 
     def _serve(self) -> None:
@@ -102,27 +102,50 @@ class Publisher:
         poller.register(self._socket, zmq.POLLIN)
         try:
             while not self._closed.is_set():
-                ready = dict(poller.poll(100))
-                if self._inbox in ready:
-                    for _ in range(GUARD_BATCH):
-                        try:
-                            frames = self._inbox.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        try:
-                            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
-                        except zmq.Again:
-                            self.refused += 1
-                # Small batches, so that neither direction waits long for the other, nor the
-                # engine for the GIL.
-                self.guard.drain(GUARD_BATCH)
+                try:
+                    self._forward(poller)
+                except Exception:  # this thread must outlive anything a peer makes happen
+                    log.exception("publishing thread")
+                    time.sleep(0.01)
         finally:
             self._inbox.close()
-            self._socket.close()
+            self._close_socket()
+
+    def _forward(self, poller: zmq.Poller) -> None:
+        ready = dict(poller.poll(100))
+        if self._inbox in ready:
+            for _ in range(GUARD_BATCH):
+                try:
+                    frames = self._inbox.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    self._refused_socket += 1
+        # Small batches, so that neither direction waits long for the other, nor the engine for
+        # the GIL.
+        self.guard.drain(GUARD_BATCH)
+
+    def _close_socket(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
+        self._socket.close()
+
+    @property
+    def refused(self) -> int:
+        """Messages ZeroMQ refused outright. Not a subscriber's losses: a PUB socket drops a slow
+        subscriber's messages at its high-water mark without telling the sender, so those are
+        counted where they can be, by each subscriber from ``seq`` gaps."""
+        return self._refused_handover + self._refused_socket
 
     @property
     def subscriptions_refused(self) -> int:
         return 0 if self.guard is None else self.guard.refused
+
+    @property
+    def subscribers_dropped(self) -> int:
+        return 0 if self.guard is None else self.guard.dropped
 
     def wall(self, monotonic_s: float) -> float:
         """Unix time of a ``time.monotonic()`` reading."""
@@ -130,6 +153,23 @@ class Publisher:
 
     def publish(self, stream: str, kind: str, payload: dict[str, Any], capture: float) -> dict[str, Any]:
         """Send one message; ``capture`` is the monotonic capture time behind it. Returns the message."""
+        if kind in ATTACHED:
+            raise ValueError(f"{kind} messages carry a binary frame: use publish_{kind}()")
+        return self._publish(stream, kind, payload, capture, None)
+
+    def publish_preview(self, stream: str, jpeg: bytes, width: int, height: int, frame_time: float,
+                        capture: float) -> dict[str, Any]:
+        """Send a stream's picture as ``[topic, json, jpeg]`` (``--preview-fps``); returns the JSON part.
+
+        The JPEG goes as a frame of its own rather than base64 inside the JSON: a third bigger
+        on the wire otherwise, and a subscriber that wants only the numbers would parse it anyway.
+        Previews are not kept for snapshots (the next one follows within 1/fps seconds).
+        """
+        return self._publish(stream, "preview", preview_payload(width, height, frame_time, len(jpeg)), capture,
+                             bytes(jpeg))
+
+    def _publish(self, stream: str, kind: str, payload: dict[str, Any], capture: float,
+                 attachment: bytes | None) -> dict[str, Any]:
         name = topic(stream, kind)
         with self._lock:
             seq = self._seq[(stream, kind)]
@@ -138,12 +178,16 @@ class Publisher:
                 "schema_version": SCHEMA_VERSION, "type": kind, "stream": stream, "seq": seq,
                 "capture_time": round(self.wall(capture), 6), "publish_time": round(time.time(), 6), **payload,
             }
+            frames = self._frames(name, message)
+            if attachment is not None:
+                frames.insert(2, attachment)  # [topic, json, attachment, ...what a subclass appends]
             try:
-                self._outbox.send_multipart(self._frames(name, message), flags=zmq.NOBLOCK)
+                self._outbox.send_multipart(frames, flags=zmq.NOBLOCK)
                 self.sent += 1
             except zmq.Again:  # the hand-over to the publishing thread is full: counted, not waited on
-                self.refused += 1
-            self._states.setdefault(stream, StreamState()).update(message)
+                self._refused_handover += 1
+            if attachment is None:  # previews are not part of the snapshot state
+                self._states.setdefault(stream, StreamState()).update(message)
         return message
 
     def snapshot(self) -> dict[str, Any]:
@@ -166,7 +210,7 @@ class Publisher:
         with self._lock:
             self._closed.set()
             if self._front is None:
-                self._socket.close()
+                self._close_socket()
                 return
             self._outbox.close()
         self._front.join(timeout=5)

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from avbind.realtime.publish.messages import TYPES, check_stream_name
+from avbind.realtime.publish.messages import ATTACHED, TYPES, check_stream_name
 from avbind.realtime.publish.security import Curve, apply_client
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,17 @@ def parse_message(frames: list[bytes]) -> tuple[str, str, dict[str, Any]]:
 
     Anyone can connect a publisher to a subscriber's endpoint (or a wrong program can publish on
     it), so nothing about the frames is trusted: the subscriber must survive them, not crash.
+    A preview's picture is checked and dropped here; :func:`parse_frames` returns it.
     """
-    if len(frames) != 2:
-        raise MalformedMessageError(f"expected 2 frames [topic, json], got {len(frames)}")
-    raw_topic, raw = frames
+    return parse_frames(frames)[:3]  # type: ignore[return-value]
+
+
+def parse_frames(frames: list[bytes]) -> tuple[str, str, dict[str, Any], bytes | None]:
+    """:func:`parse_message`, plus the binary third frame of the types that carry one (a preview's
+    JPEG, exactly as long as its ``bytes`` field says), else None."""
+    if len(frames) not in (2, 3):
+        raise MalformedMessageError(f"expected 2 frames [topic, json] (3 for a preview), got {len(frames)}")
+    raw_topic, raw = frames[:2]
     try:
         name = raw_topic.decode("utf-8")
     except UnicodeDecodeError:
@@ -67,7 +74,14 @@ def parse_message(frames: list[bytes]) -> tuple[str, str, dict[str, Any]]:
         raise MalformedMessageError("stream or type differs from the topic")
     if message["seq"] < 0:
         raise MalformedMessageError("negative seq")
-    return name, parts[2], message
+    attached = frames[2] if len(frames) == 3 else None
+    if (attached is not None) != (parts[2] in ATTACHED):
+        raise MalformedMessageError(f"a {parts[2]} message with {len(frames)} frames")
+    if attached is not None:
+        size = message.get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or size != len(attached):
+            raise MalformedMessageError(f"{parts[2]}: field 'bytes' is not the third frame's length {len(attached)}")
+    return name, parts[2], message, attached
 
 
 @dataclass
@@ -75,13 +89,14 @@ class Received:
     topic: str
     message: dict[str, Any]
     missed: int  # messages lost just before this one on its stream and type (seq gap)
+    data: bytes | None = None  # a preview's JPEG (the third frame); None for every other type
 
 
 @dataclass
 class Subscriber:
     endpoint: str
     stream: str | None = None  # None: every stream
-    types: tuple[str, ...] = ("segment", "event", "status")
+    types: tuple[str, ...] = ("segment", "event", "status")  # previews (pictures) only when asked for
     hwm: int = 10_000
     curve: Curve | None = None  # the server's public key and this client's key pair (security.py)
     _last_seq: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
@@ -114,7 +129,7 @@ class Subscriber:
                 return None
             frames = self._socket.recv_multipart()
             try:
-                name, kind, message = parse_message(frames)
+                name, kind, message, data = parse_frames(frames)
             except MalformedMessageError as err:
                 self._skip(err)
                 continue
@@ -125,7 +140,7 @@ class Subscriber:
             missed = 0 if last is None else max(0, message["seq"] - last - 1)
             self._last_seq[key] = message["seq"]
             self.missed += missed
-            return Received(name, message, missed)
+            return Received(name, message, missed, data)
 
     def _skip(self, err: MalformedMessageError) -> None:
         """Count a malformed message; log one line at most every NOTICE_EVERY_S so a flood cannot spam."""
@@ -235,6 +250,11 @@ def _format_body(message: dict[str, Any]) -> str:
         return (f"{head} status {escape(get('state', '?'))}: {_num(get('fps'), '.1f')} fps, "
                 f"{_num(get('steps'), 'd')} steps, latency p50/p99 {latency}, drops: {drops or 'none'}"
                 f"{'  ' + escape(note) if note else ''}")
+    if kind == "preview":
+        size = get("bytes")
+        shown = f"{size / 1024:.1f} KB" if _num(size, "") != "?" else "? KB"
+        return (f"{head} preview {_num(get('width'), 'd')}x{_num(get('height'), 'd')} {escape(get('format', '?'))} "
+                f"{shown} t={_num(get('time'), '.2f')}")
     if kind == "step":
         scores = [s for s in get("scores") or [] if isinstance(s, dict) and _num(s.get("score"), "") != "?"]
         top = max(scores, key=lambda s: s["score"]) if scores else {}

@@ -178,6 +178,23 @@ class Stream:
             self.aligner.reset_audio_features()
             self.cursor = math.ceil(after * self.rate - EPSILON_S)
 
+    def swap_model(self, info: ModelInfo) -> list[Message]:
+        """Go on with another model (engine thread, between steps); returns the outputs it closed.
+
+        The new model takes the same inputs (checked before), so buffers and the cursor stay: the
+        timeline goes on without a gap. Its state and class list are another model's, so the state
+        starts fresh (counted as a reset) and the open segment and events are closed under the old
+        model's labels; a segment cut short this way may be published again, under the same index,
+        with the new model's remaining steps, as after an audio jump. Event ids go on from the old
+        model's, so a subscriber pairing starts with ends by id never confuses the two models' events.
+        """
+        closed = self.take_flushed() + self.outputs.flush(time.monotonic())
+        self.counters.resets += 1
+        self.state = None
+        self.info = self.aligner.info = info
+        self.outputs = StreamOutputs(info, self.settings.outputs, self.outputs.events.next_id)
+        return closed
+
     def take_flushed(self) -> list[Message]:
         out, self.flushed = self.flushed, []
         return out

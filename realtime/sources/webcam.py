@@ -4,7 +4,9 @@
 returns: the camera's own timestamps are driver dependent, and a microphone started with the same
 origin then shares the timeline. A camera that vanishes is reopened a few times with backoff before
 the source gives up; a video file path simply ends at its last frame (it is read as fast as OpenCV
-decodes it: use ``MediaStreamSource`` for paced files with audio).
+decodes it, unless ``realtime`` paces it at its own frame rate, as a camera would deliver it: a
+recorded scene then plays as the camera in tests of the capture path; ``MediaStreamSource`` plays
+files with audio).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ class WebcamSource(Source):
 
     ``width``, ``height`` and ``fps`` are requests to the driver; the frames say what it gave.
     ``max_reopens`` bounds consecutive failed reopen attempts, waited for from ``backoff_s``
-    doubling up to ``max_backoff_s``.
+    doubling up to ``max_backoff_s``. ``realtime``: a file is delivered at its own frame rate
+    (frame timestamps from ``started_at``, the monotonic time of its first frame) instead of as
+    fast as it decodes.
     """
 
     has_video = True
@@ -52,6 +56,7 @@ class WebcamSource(Source):
         max_backoff_s: float = 8.0,
         open_timeout_s: float = 5.0,
         read_timeout_s: float = 2.0,
+        realtime: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(device, str) and device.isdigit():
@@ -63,6 +68,8 @@ class WebcamSource(Source):
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
         self.open_timeout_s, self.read_timeout_s = float(open_timeout_s), float(read_timeout_s)
         self.is_file = isinstance(device, str) and os.path.isfile(device)
+        self.realtime = realtime
+        self.started_at: float | None = None  # monotonic time of the first frame delivered
 
     def _open(self) -> cv2.VideoCapture | None:
         _silence_opencv_log()
@@ -125,11 +132,19 @@ class WebcamSource(Source):
     def _read_frames(self, capture: cv2.VideoCapture, sink: SourceSink, origin: float) -> bool:
         """Deliver until a read fails or ``stop``; True if any frame was delivered."""
         delivered = False
+        paced = self.realtime and self.is_file
         while not self.stopped:
             ok, bgr = capture.read()
             now = time.monotonic()
             if not ok or bgr is None:
                 return delivered
+            if paced and self.started_at is not None:  # wait for the frame's time in the file
+                due = self.started_at + capture.get(cv2.CAP_PROP_POS_MSEC) / MS_PER_S
+                if due > now and self._stop.wait(due - now):
+                    return delivered
+                now = time.monotonic()
+            if self.started_at is None:
+                self.started_at = now
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # (H, W, 3) uint8
             sink.on_video(VideoFrame(rgb=rgb, time=now - origin, capture=now))
             self.counters.frames += 1

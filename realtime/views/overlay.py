@@ -37,7 +37,8 @@ PROBE_TIMEOUT_S = 15.0  # s: a child that cannot open a probe window by then mea
 
 # The window process: imports only cv2 (never av), reads frames from stdin, reports on stdout.
 # Protocol in: 8-byte header (height, width as little-endian uint32) then height*width*3 BGR bytes;
-# EOF closes. Out: "ready", then "closed" when the user closed the window or pressed q / Esc.
+# EOF closes. Out: "ready", "key N" for each other key pressed (its code), then "closed" when the
+# user closed the window or pressed q / Esc.
 _WINDOW_CHILD = r"""
 import os, signal, sys, threading
 os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
@@ -75,6 +76,8 @@ while not done.is_set():
     key = cv2.waitKey(20) & 0xFF
     if key in (ord("q"), 27):
         break
+    if key != 255:
+        print(f"key {key}", flush=True)
     if shown:
         try:
             if cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) < 1:
@@ -123,6 +126,7 @@ class WindowProcess:
         self._ready = threading.Event()
         self._closed = threading.Event()
         self._frame: np.ndarray | None = None
+        self._keys: list[str] = []  # pressed since pressed() last took them (q and Esc close instead)
         self._wake = threading.Condition()
         self._stopping = False
         threading.Thread(target=self._read_events, daemon=True).start()
@@ -140,6 +144,9 @@ class WindowProcess:
                 self._ready.set()
             elif word == b"closed":
                 self._closed.set()
+            elif word.startswith(b"key "):
+                with self._wake:
+                    self._keys.append(chr(int(word[4:])))
         self._closed.set()  # the child ended
         self._ready.set()
 
@@ -165,6 +172,12 @@ class WindowProcess:
     def closed(self) -> bool:
         """True once the user closed the window (or pressed q / Esc), or the child ended."""
         return self._closed.is_set() or self.process.poll() is not None
+
+    def pressed(self) -> list[str]:
+        """The keys pressed in the window since the last call, oldest first (``avbind teach record``)."""
+        with self._wake:
+            keys, self._keys = self._keys, []
+        return keys
 
     def show(self, image: np.ndarray) -> None:
         """Queue ``image`` (BGR uint8) for display; an older one not yet sent is dropped."""
@@ -259,13 +272,14 @@ class OverlayView:
         return np.vstack([picture, panel])
 
     def _draw_scores(self, panel: np.ndarray) -> None:
-        probs = self.stream.outputs.last_probs
+        outputs = self.stream.outputs  # names from the same outputs as the scores: a model swap replaces both
+        probs, names = outputs.last_probs, outputs.info.event_names
         if probs is None:
             return
         for row, i in enumerate(np.argsort(-probs)[:3]):
             y = 20 + 22 * row
             cv2.rectangle(panel, (10, y - 12), (10 + int(120 * probs[i]), y + 4), PALETTE[i % len(PALETTE)], -1)
-            cv2.putText(panel, f"{self.names[i]} {probs[i]:.2f}", (136, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+            cv2.putText(panel, f"{names[i]} {probs[i]:.2f}", (136, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                         (255, 255, 255), 1)
 
     def _draw_level(self, panel: np.ndarray) -> None:
