@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -474,18 +475,75 @@ def devices_command(args: argparse.Namespace) -> int:
 
 
 # live ----------------------------------------------------------------------------------------
+def _live_teach_record(args: argparse.Namespace, window: bool) -> tuple[Path, Path]:
+    """``live --teach``'s first half: record takes with the same camera and microphone."""
+    from avbind.realtime.sources.microphone import MicrophoneSource
+    from avbind.realtime.sources.webcam import WebcamSource
+    from avbind.realtime.teach import HINT, SAMPLE_RATE, WindowScreen, record, terminal_screen
+
+    try:
+        import torch  # noqa: F401  (teach train runs on torch; fail before anyone records for nothing)
+    except ImportError:
+        sys.exit("avbind live --teach trains with PyTorch: pip install 'avbind[train,pretrained]'")
+    classes = [c.strip() for c in (args.classes or "").split(",") if c.strip()]
+    folder = args.teach_dir or Path("avbind-teach")
+    if not classes and args.teach_takes > 0:
+        sys.exit("avbind live --teach: say what to teach with --classes, e.g. --classes \"knock,kettle,wave\"")
+    if args.teach_takes > 0:
+        camera = int(args.camera) if str(args.camera).isdigit() else args.camera
+        sources = [WebcamSource(camera, realtime=True)]  # a file given as the camera plays as one
+        if not args.no_mic:
+            sources.append(MicrophoneSource(int(args.mic) if args.mic and args.mic.isdigit() else args.mic,
+                                            sample_rate=SAMPLE_RATE))
+        print(f"avbind live --teach: recording {', '.join(classes)} and background into {folder} ({HINT})",
+              file=sys.stderr, flush=True)
+        kept = record(folder, sources, classes, args.teach_seconds, args.teach_takes,
+                      screen=WindowScreen if window else terminal_screen)
+        print(f"avbind live --teach: kept {len(kept)} takes", file=sys.stderr, flush=True)
+    return folder, folder / "model.onnx"
+
+
+def _live_teach_train(engine: Engine, folder: Path, out: Path, threads: int, steps: int | None) -> threading.Thread:
+    """``live --teach``'s second half, beside the running engine: train, then swap the model in.
+
+    A failed training or a refused model is printed and leaves the running model in place."""
+    def run() -> None:
+        from avbind.models.config import TeachConfig
+        from avbind.models.teach import teach
+
+        started = time.monotonic()
+        try:
+            given = {"threads": threads, "steps": steps}
+            report = teach(folder, out, TeachConfig(**{k: v for k, v in given.items() if v}))
+            swap = engine.swap_model(out)
+        except (ValueError, RuntimeError, OSError) as err:
+            print(f"avbind live --teach: {err}; the running model stays", file=sys.stderr, flush=True)
+            return
+        accuracy = report.validation.get(report.audio_init, {}).get("fusion", {}).get("segment_accuracy")
+        shown = "" if accuracy is None else f", validation segment accuracy {accuracy:.0%}"
+        print(f"avbind live --teach: trained in {time.monotonic() - started:.0f} s{shown}; now running "
+              f"{swap.name} ({', '.join(swap.classes)})", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=run, name="avbind-teach-train", daemon=True)
+    thread.start()
+    return thread
+
+
 def live_command(args: argparse.Namespace) -> int:
     from avbind.realtime.sources.microphone import MicrophoneSource
     from avbind.realtime.sources.webcam import WebcamSource
     from avbind.realtime.views.overlay import OverlayView, display_available
 
+    teaching = None
+    if args.teach:
+        teaching = _live_teach_record(args, not args.no_window and display_available())
     backend = open_backend(args.model, args.backend, args.threads)
     publisher = open_publisher([args.publish], fallback=args.publish == DEFAULT_ENDPOINT, args=args)
     engine = Engine(backend, publisher, engine_settings(args))
     engine.open_model = model_opener(args.backend, args.threads)  # so engine.swap_model(file) can follow training
     snapshots = open_snapshot(publisher, args, backend, engine)
     camera = int(args.camera) if str(args.camera).isdigit() else args.camera
-    sources = [WebcamSource(camera)]
+    sources = [WebcamSource(camera, realtime=True)]  # a file given as the camera plays as one
     if not args.no_mic:
         mic = args.mic
         sources.append(MicrophoneSource(int(mic) if mic and mic.isdigit() else mic,
@@ -503,6 +561,8 @@ def live_command(args: argparse.Namespace) -> int:
 
         engine.start()
         stream = engine.add_stream("live", sources, stream_settings(args))
+        if teaching is not None:
+            _live_teach_train(engine, *teaching, args.threads, args.teach_steps)
         until = None if args.seconds is None else time.monotonic() + args.seconds
         if window:
             overlay = OverlayView(stream)
@@ -658,6 +718,16 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     live.add_argument("--no-window", action="store_true", help="terminal view even with a display")
     live.add_argument("--publish", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to publish on")
     live.add_argument("--seconds", type=_number(above=0), help="stop after this long")
+    live.add_argument("--teach", action="store_true",
+                      help="first record takes of --classes (avbind teach record), then recognise with the running "
+                           "model while avbind teach train fine-tunes on them, and swap the result in when it is done")
+    live.add_argument("--classes", help='--teach: comma-separated class names, e.g. "knock,kettle,wave"')
+    live.add_argument("--teach-dir", type=Path,
+                      help="--teach: the takes folder (default: avbind-teach/ here); takes already there are used too")
+    live.add_argument("--teach-seconds", type=_number(above=0), default=10.0, help="--teach: seconds per take (10)")
+    live.add_argument("--teach-takes", type=int, default=3,
+                      help="--teach: takes of each class and of background (3; 0: train on the folder as it is)")
+    live.add_argument("--teach-steps", type=int, help="--teach: optimisation steps (default: teach train's)")
     _add_engine_options(live)
     _add_preview_option(live)
     add_curve_server_options(live)

@@ -12,7 +12,9 @@ steps); tools/teach_accuracy.py measures the README's figures with 10 s takes.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -220,3 +222,47 @@ def test_recognises_takes_recorded_through_the_camera_and_microphone(taught: dic
           f"{report['ablations']['fusion']['streaming']['per_class_accuracy']}")
     assert accuracy["fusion"] >= 0.75, report["ablations"]["fusion"]
     assert accuracy["video only"] >= 0.5 and accuracy["audio only"] >= 0.5, accuracy  # chance: 0.25
+
+
+def test_live_teach_trains_beside_the_running_engine_and_swaps_the_model_in(taught: dict, tmp_path: Path) -> None:
+    """``avbind live --teach`` with the takes already there (--teach-takes 0): the live stream runs on
+    the shipped model while teach train runs beside it, then the taught model is swapped in and the
+    stream's segments carry the user's classes (the camera, a test pattern, shows none of them).
+    Recording itself is the tests above."""
+    camera = tmp_path / "camera.mp4"  # a file played as the camera, at its frame rate, long enough
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x120:rate=10", "-t", "240", "-pix_fmt", "yuv420p", str(camera)], check=True)
+    log = tmp_path / "live.log"
+    # a segment line whose classes are the taught ones (the camera shows none of them: background
+    # on top, the taught classes next)
+    taught_segment = re.compile(rf"^\[live\]\s+[\d.]+-[\d.]+\s.*next: .*\b({'|'.join(scenes.CLASSES)})\b")
+    out_lines: list[str] = []  # the terminal view's lines, read as they come so its pipe never fills
+    with open(log, "w") as err:
+        live = subprocess.Popen([avbind_exe(), "live", "--teach", "--teach-dir", str(taught["folder"]),
+                                 "--teach-takes", "0", "--teach-steps", "40", "--camera", str(camera), "--no-mic",
+                                 "--no-window", "--seconds", "230", "--publish", "tcp://127.0.0.1:*", "--threads", "1"],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        def read() -> None:
+            for line in live.stdout:
+                out_lines.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 220
+            while (time.monotonic() < deadline and live.poll() is None
+                   and not any(taught_segment.match(line) for line in list(out_lines))):
+                time.sleep(0.5)
+        finally:
+            live.send_signal(2)
+            try:
+                live.wait(30)
+            except subprocess.TimeoutExpired:
+                live.kill()
+                live.wait()
+            reader.join(5)
+    text = log.read_text()
+    assert "now running" in text, text[-3000:]
+    assert (taught["folder"] / "model.onnx").is_file()
+    assert any(taught_segment.match(line) for line in out_lines), "".join(out_lines[-30:])
+    assert any("model swapped" in line for line in out_lines), "".join(out_lines[-30:])

@@ -60,7 +60,10 @@ class TerminalView:
         if received.missed:
             lost = f"[{message['stream']}] ({received.missed} {message['type']} messages lost: slow reader)"
             print(lost if self.width is None else fit(lost, self.width), file=self.out)
-        if message["type"] == "status" and message["level"] == "info" and message["state"] == "running":
+        # Routine heartbeats are thinned out; a status that says something (a model swapped in, a
+        # stream running again after a move) is always shown.
+        if (message["type"] == "status" and message["level"] == "info" and message["state"] == "running"
+                and not message.get("message")):
             last = self._last_status.get(message["stream"], 0.0)
             if time.monotonic() - last < self.show_status_every_s:
                 return
